@@ -1,0 +1,3 @@
+from echolab.cli import main
+
+raise SystemExit(main())
