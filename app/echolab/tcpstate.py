@@ -1,0 +1,345 @@
+"""TCP sockets on a port by state, read from /proc/net/tcp and /proc/net/tcp6.
+
+This is what `ss -tan` shows, without needing `ss` in the image: the lab uses it to show the
+TIME_WAIT sockets a stopped server leaves on its port, and restart-check uses it to prove the
+precondition of its experiment. /proc/net/tcp describes the reader's network namespace only.
+
+The format (Documentation/networking/proc_net_tcp.rst): one line per socket,
+`sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode ...`.
+Addresses are hex words in host byte order; `tm->when` is in clock ticks (USER_HZ). For a
+TIME_WAIT socket, `tr` is 3 and `tm->when` is the time left before the kernel reaps it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import struct
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from echolab.errors import EXIT_OS_ERROR, EcholabError
+
+PROC_FILES = (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6))
+
+# include/net/tcp_states.h; underscores as in the kernel, FIN_WAIT split for readability.
+STATE_NAMES = {
+    0x01: "ESTABLISHED",
+    0x02: "SYN_SENT",
+    0x03: "SYN_RECV",
+    0x04: "FIN_WAIT_1",
+    0x05: "FIN_WAIT_2",
+    0x06: "TIME_WAIT",
+    0x07: "CLOSE",
+    0x08: "CLOSE_WAIT",
+    0x09: "LAST_ACK",
+    0x0A: "LISTEN",
+    0x0B: "CLOSING",
+    0x0C: "NEW_SYN_RECV",
+}
+# The order `echolab sockets` lists states in: the listener, live sessions, then the closings.
+STATE_ORDER = (
+    "LISTEN",
+    "SYN_SENT",
+    "SYN_RECV",
+    "NEW_SYN_RECV",
+    "ESTABLISHED",
+    "FIN_WAIT_1",
+    "FIN_WAIT_2",
+    "CLOSE_WAIT",
+    "CLOSING",
+    "LAST_ACK",
+    "TIME_WAIT",
+    "CLOSE",
+)
+# `tr` values of the timer column (proc_net_tcp.rst).
+TIMER_NAMES = {0: "", 1: "retransmit", 2: "keepalive", 3: "time_wait", 4: "probe"}
+
+Side = Literal["local", "remote", "any"]
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass(frozen=True)
+class TcpSocket:
+    """One line of /proc/net/tcp{,6}: a socket, its state, and its timer."""
+
+    family: str  # "ipv4" or "ipv6"
+    state: str
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+    timer: str  # "", "retransmit", "keepalive", "time_wait", "probe"
+    timer_s: float  # seconds left on that timer (TIME_WAIT: until the kernel reaps it)
+    uid: int
+    inode: int  # 0 for TIME_WAIT sockets: no process holds them any more
+    pids: tuple[int, ...] = field(default=())
+
+    @property
+    def local(self) -> str:
+        """The local end as HOST:PORT ([V6]:PORT)."""
+        return format_endpoint(self.local_addr, self.local_port)
+
+    @property
+    def remote(self) -> str:
+        """The remote end as HOST:PORT ([V6]:PORT)."""
+        return format_endpoint(self.remote_addr, self.remote_port)
+
+
+def format_endpoint(addr: str, port: int) -> str:
+    """HOST:PORT, with brackets around an IPv6 address."""
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def _ipv4(word: str) -> str:
+    return socket.inet_ntop(socket.AF_INET, struct.pack("=I", int(word, 16)))
+
+
+def _ipv6(text: str) -> str:
+    raw = b"".join(struct.pack("=I", int(text[i : i + 8], 16)) for i in range(0, 32, 8))
+    addr = socket.inet_ntop(socket.AF_INET6, raw)
+    return addr
+
+
+def parse_line(line: str, family: int = socket.AF_INET) -> TcpSocket | None:
+    """Parse one /proc/net/tcp{,6} line; None for the header or a malformed line."""
+    fields = line.split()
+    if len(fields) < 10 or fields[0] == "sl":
+        return None
+    try:
+        local_hex, local_port_hex = fields[1].split(":")
+        remote_hex, remote_port_hex = fields[2].split(":")
+        state = STATE_NAMES.get(int(fields[3], 16), f"UNKNOWN_{fields[3]}")
+        tr_hex, when_hex = fields[5].split(":")
+        tr = int(tr_hex, 16)
+        parse_addr = _ipv4 if family == socket.AF_INET else _ipv6
+        return TcpSocket(
+            family="ipv4" if family == socket.AF_INET else "ipv6",
+            state=state,
+            local_addr=parse_addr(local_hex),
+            local_port=int(local_port_hex, 16),
+            remote_addr=parse_addr(remote_hex),
+            remote_port=int(remote_port_hex, 16),
+            timer=TIMER_NAMES.get(tr, str(tr)),
+            timer_s=int(when_hex, 16) / _CLK_TCK if tr else 0.0,
+            uid=int(fields[7]),
+            inode=int(fields[9]),
+        )
+    except (ValueError, OSError, struct.error):
+        return None
+
+
+def _lines(path: str) -> Iterator[str]:
+    try:
+        with open(path, encoding="ascii") as f:
+            yield from f
+    except FileNotFoundError:  # no IPv6 in this kernel or namespace
+        return
+
+
+def _match(sock: TcpSocket, port: int | None, side: Side) -> bool:
+    if port is None:
+        return True
+    if side == "local":
+        return sock.local_port == port
+    if side == "remote":
+        return sock.remote_port == port
+    return port in (sock.local_port, sock.remote_port)
+
+
+def read_sockets(
+    port: int | None = None,
+    side: Side = "local",
+    states: Iterable[str] | None = None,
+) -> list[TcpSocket]:
+    """TCP sockets (IPv4 and IPv6) whose `side` port is `port` (all when None), in `states`.
+
+    `side="local"` is the server's view of its own port (its listener, sessions and their
+    TIME_WAIT); `"remote"` is the clients' view (their sockets connected to that port).
+    """
+    wanted = set(states) if states is not None else None
+    out = []
+    for path, family in PROC_FILES:
+        for line in _lines(path):
+            sock = parse_line(line, family)
+            if sock is None or not _match(sock, port, side):
+                continue
+            if wanted is not None and sock.state not in wanted:
+                continue
+            out.append(sock)
+    return out
+
+
+def count_states(port: int | None = None, side: Side = "local") -> dict[str, int]:
+    """Number of sockets per state on `port` (only states that occur)."""
+    return dict(Counter(s.state for s in read_sockets(port, side)))
+
+
+def time_wait_count(port: int, side: Side = "local") -> int:
+    """TIME_WAIT sockets on `port`: side="local" counts the server side, "remote" the clients'."""
+    return len(read_sockets(port, side, states=("TIME_WAIT",)))
+
+
+def socket_owners(inodes: Iterable[int]) -> dict[int, list[tuple[int, str]]]:
+    """Map socket inodes to the (pid, command name) of every process holding them.
+
+    Scans /proc/*/fd like `ss -p`; processes we may not inspect are skipped silently.
+    """
+    wanted = {f"socket:[{i}]": i for i in inodes if i}
+    owners: dict[int, list[tuple[int, str]]] = {}
+    if not wanted:
+        return owners
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fd_dir = f"/proc/{entry}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            inode = wanted.get(target)
+            if inode is None:
+                continue
+            try:
+                with open(f"/proc/{entry}/comm", encoding="utf-8", errors="replace") as f:
+                    comm = f.read().strip()
+            except OSError:
+                comm = "?"
+            pair = (int(entry), comm)
+            if pair not in owners.setdefault(inode, []):
+                owners[inode].append(pair)
+    return owners
+
+
+def with_owners(sockets: list[TcpSocket]) -> list[TcpSocket]:
+    """The same sockets with `pids` filled in from /proc/*/fd."""
+    owners = socket_owners(s.inode for s in sockets)
+    out = []
+    for s in sockets:
+        pids = tuple(pid for pid, _ in owners.get(s.inode, []))
+        out.append(TcpSocket(**{**asdict(s), "pids": pids}))
+    return out
+
+
+def _sort_key(s: TcpSocket) -> tuple[int, str, int, str, int]:
+    order = STATE_ORDER.index(s.state) if s.state in STATE_ORDER else len(STATE_ORDER)
+    return (order, s.local_addr, s.local_port, s.remote_addr, s.remote_port)
+
+
+def port_report(port: int) -> dict[str, Any]:
+    """Everything `echolab sockets` shows: sockets on the port from either side, by state."""
+    local = read_sockets(port, "local")
+    local_ids = {(s.local_addr, s.local_port, s.remote_addr, s.remote_port) for s in local}
+    # Clients on this host connected to the port: their sockets have it as the remote port.
+    remote = [
+        s
+        for s in read_sockets(port, "remote")
+        if (s.local_addr, s.local_port, s.remote_addr, s.remote_port) not in local_ids
+    ]
+    sockets = sorted(with_owners(local), key=_sort_key)
+    clients = sorted(with_owners(remote), key=_sort_key)
+    return {
+        "port": port,
+        "server_side": dict(sorted(Counter(s.state for s in sockets).items(), key=_state_rank)),
+        "client_side": dict(sorted(Counter(s.state for s in clients).items(), key=_state_rank)),
+        "sockets": [_as_json(s, "server") for s in sockets]
+        + [_as_json(s, "client") for s in clients],
+    }
+
+
+def _state_rank(item: tuple[str, int]) -> int:
+    return STATE_ORDER.index(item[0]) if item[0] in STATE_ORDER else len(STATE_ORDER)
+
+
+def _as_json(s: TcpSocket, side: str) -> dict[str, Any]:
+    return {
+        "side": side,
+        "state": s.state,
+        "family": s.family,
+        "local": s.local,
+        "remote": s.remote,
+        "timer": s.timer,
+        "timer_s": round(s.timer_s, 2),
+        "uid": s.uid,
+        "inode": s.inode,
+        "pids": list(s.pids),
+    }
+
+
+def _summary(counts: dict[str, int]) -> str:
+    return ", ".join(f"{state} {n}" for state, n in counts.items()) or "none"
+
+
+def render_text(report: dict[str, Any], max_rows: int = 20) -> str:
+    """The report as aligned text, at most `max_rows` sockets per side and state listed."""
+    port = report["port"]
+    lines = [
+        f"TCP sockets on port {port}",
+        f"  server side (local port {port}): {_summary(report['server_side'])}",
+        f"  client side (remote port {port}): {_summary(report['client_side'])}",
+    ]
+    rows = [("SIDE", "STATE", "LOCAL", "REMOTE", "TIMER", "PIDS")]
+    shown: Counter[tuple[str, str]] = Counter()
+    hidden: Counter[tuple[str, str]] = Counter()
+    for s in report["sockets"]:
+        key = (s["side"], s["state"])
+        if shown[key] >= max_rows:
+            hidden[key] += 1
+            continue
+        shown[key] += 1
+        timer = ""
+        if s["state"] == "TIME_WAIT":
+            timer = f"{s['timer_s']:.1f}s left"
+        elif s["timer"]:
+            timer = f"{s['timer']} {s['timer_s']:.1f}s"
+        pids = ",".join(str(p) for p in s["pids"])
+        rows.append((s["side"], s["state"], s["local"], s["remote"], timer, pids))
+    if len(rows) > 1:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines.append("")
+        for r in rows:
+            lines.append(
+                "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            )
+    for (side, state), n in hidden.items():
+        lines.append(f"  ... and {n} more {side}-side {state} (all of them in --json)")
+    return "\n".join(lines)
+
+
+def write_json(data: dict[str, Any], path: str) -> None:
+    """Write `data` as JSON to `path`, or to stdout for '-'."""
+    text = json.dumps(data, indent=2) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        raise EcholabError(f"cannot write {path}: {exc.strerror}", EXIT_OS_ERROR) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """`echolab sockets`: print the sockets on --port by state; --json for machines."""
+    port: int = args.port
+    if not os.path.exists(PROC_FILES[0][0]):
+        raise EcholabError("/proc/net/tcp is not readable here (is /proc mounted?)", EXIT_OS_ERROR)
+    report = port_report(port)
+    json_file: str | None = args.json_file
+    if json_file is not None:
+        write_json(report, json_file)
+    if json_file != "-":
+        print(render_text(report))
+    return 0
