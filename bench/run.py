@@ -1,0 +1,942 @@
+#!/usr/bin/env python3
+"""The benchmark behind `make bench`: `echolab serve` against its peers, on one machine, in one run.
+
+Peers: a C fork-per-connection server (bench/c/echo_server.c), the minimal Python os.fork()
+server (bench/peers/minimal_fork.py), the stdlib ForkingTCPServer with backlog 128 and no
+child cap (bench/peers/forking_tcpserver.py), an asyncio server in one process
+(bench/peers/asyncio_echo.py), and the subject, `echolab serve`. Every Python server runs on
+the SAME interpreter and venv (--python/--echolab), because start-up imports change the cost
+of every fork (shared/DESIGN.md).
+
+The load comes from a C epoll client (bench/c/echo_load.c) that checks every echoed byte:
+  rate     connections per second: connect, 64 B echo, close; 8 and 64 in flight
+  stream   MiB/s echoed: 1 and 8 long streams, each writing and reading at once
+  memory   PSS of a server child while N idle clients are held (one process: PSS growth / N)
+and, for issue 3, `echolab load --mode rate` against the C server beside the C client.
+
+Each figure is measured --repeats times, in rounds (every peer once per round, so a busy
+moment of the machine hits all peers alike), and the median is reported. Results go to
+bench/results/ as JSON and a markdown table. Standard library only; any python3 runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+LISTENING = re.compile(r"listening on (\S+):(\d+)")
+START_TIMEOUT = 15.0  # s for a server to log its "listening on" line
+STOP_TIMEOUT = 10.0  # s for a server to exit after SIGTERM before SIGKILL
+PAYLOAD = 64  # bytes per connection in rate mode (the issue's figure)
+
+# The issues' targets for the subject. Each: (name, metric, compared with, factor or limit).
+#   ("ratio", metric, peer, factor): echolab's metric >= factor x the peer's
+#   ("max", metric, None, limit):    echolab's metric <= limit
+TARGETS_RATE_MIN = 1.0  # issue 2: conn rate >= 1.0x the minimal Python server
+TARGETS_RATE_FORKING = 1.5  # issue 2: conn rate >= 1.5x ForkingTCPServer
+TARGET_STREAM_C = 0.9  # issue 2: 1 and 8 streams >= 0.9x the C server
+TARGET_PSS_KIB = 400  # issue 2: PSS per connection <= 400 KiB
+TARGET_LOAD_C = 0.6  # issue 3: echolab load >= 60% of the C client's rate
+
+
+@dataclass
+class Peer:
+    """One server to measure: how to start it, and whether it forks per connection."""
+
+    key: str
+    label: str
+    argv: list[str]
+    forks: bool = True
+
+
+@dataclass
+class Results:
+    """Every run of every figure, by peer and metric; plus notes and the issue-3 comparison."""
+
+    runs: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    details: dict[str, dict[str, list[dict[str, object]]]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    load_compare: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, peer: str, metric: str, value: float, detail: dict[str, object]) -> None:
+        self.runs.setdefault(peer, {}).setdefault(metric, []).append(value)
+        self.details.setdefault(peer, {}).setdefault(metric, []).append(detail)
+
+    def median(self, peer: str, metric: str) -> float | None:
+        values = self.runs.get(peer, {}).get(metric)
+        return statistics.median(values) if values else None
+
+
+# ----- output ------------------------------------------------------------------------------
+
+_T0 = time.monotonic()
+
+
+def progress(text: str) -> None:
+    """One progress line, with the seconds since the start."""
+    print(f"[{time.monotonic() - _T0:5.0f}s] {text}", flush=True)
+
+
+def fmt(value: float | None, metric: str) -> str:
+    if value is None:
+        return "—"
+    if metric.startswith("pss"):
+        return f"{value:,.0f}"
+    return f"{value:,.0f}"
+
+
+# ----- processes ---------------------------------------------------------------------------
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for servers and clients: no ECHOLAB_* or PYTHON* settings leak in."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ECHOLAB_", "PYTHON", "LISTEN_")) and k != "VIRTUAL_ENV"
+    }
+
+
+class Server:
+    """A running peer: started in its own session, its output in a log file."""
+
+    def __init__(self, peer: Peer, logdir: Path) -> None:
+        self.peer = peer
+        self.log_path = logdir / f"{peer.key}.log"
+        self.log = self.log_path.open("ab")
+        self.log.write(f"\n===== {time.strftime('%H:%M:%S')} {' '.join(peer.argv)}\n".encode())
+        self.log.flush()
+        start_at = self.log.tell()
+        self.proc = subprocess.Popen(
+            peer.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=clean_env(),
+            start_new_session=True,
+        )
+        self.port = self._wait_listening(start_at)
+
+    def _wait_listening(self, offset: int) -> int:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            text = self.log_path.read_bytes()[offset:].decode(errors="replace")
+            match = LISTENING.search(text)
+            if match:
+                return int(match.group(2))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.stop()
+        tail = self.log_path.read_text(errors="replace").splitlines()[-5:]
+        raise RuntimeError(f"{self.peer.label} did not start: " + " | ".join(tail))
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group, SIGKILL after STOP_TIMEOUT; close the log."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                self.proc.wait()
+        # Children that outlived their parent (the minimal server's) are in the same group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def run_client(argv: list[str], timeout: float) -> dict[str, object]:
+    """Run the C load client; return its JSON (with 'exit' added)."""
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, env=clean_env(), check=False
+    )
+    if proc.returncode not in (0, 1) or not proc.stdout.strip():
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    data: dict[str, object] = json.loads(proc.stdout)
+    data["exit"] = proc.returncode
+    return data
+
+
+def error_count(data: dict[str, object]) -> int:
+    errors = data.get("errors", {})
+    return sum(errors.values()) if isinstance(errors, dict) else 0
+
+
+# ----- memory ------------------------------------------------------------------------------
+
+
+def children_of(pid: int) -> list[int]:
+    """Live (non-zombie) child processes of `pid`, from /proc/*/stat."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def pss_kib(pid: int) -> int | None:
+    """Proportional set size of a process in KiB (smaps_rollup), None if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def hold_clients(port: int, n: int) -> list[socket.socket]:
+    """Connect n clients and make one echo round trip on each, so each is being served."""
+    socks = []
+    try:
+        for i in range(n):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            socks.append(s)
+            ping = b"ping%06d" % i
+            s.sendall(ping)
+            got = b""
+            while len(got) < len(ping):
+                chunk = s.recv(len(ping) - len(got))
+                if not chunk:
+                    raise RuntimeError("the server closed an idle client")
+                got += chunk
+            if got != ping:
+                raise RuntimeError("wrong echo while holding idle clients")
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
+    return socks
+
+
+def measure_memory(server: Server, n: int) -> dict[str, object]:
+    """PSS per connection with n idle clients held.
+
+    Fork-per-connection: the median PSS of the server's children (what the issue's target
+    means). One process: the growth of the server's PSS, divided by n. Both are recorded.
+    """
+    pid = server.proc.pid
+    deadline = time.monotonic() + 10
+    while server.peer.forks and children_of(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)  # children of earlier connections still exiting
+    before = pss_kib(pid) or 0
+    socks = hold_clients(server.port, n)
+    try:
+        kids: list[int] = []
+        if server.peer.forks:
+            while time.monotonic() < deadline:
+                kids = children_of(pid)
+                if len(kids) >= n:
+                    break
+                time.sleep(0.05)
+        time.sleep(0.2)
+        parent_after = pss_kib(pid) or 0
+        child_pss = [p for p in (pss_kib(k) for k in kids) if p is not None]
+        total = parent_after + sum(child_pss)
+        growth = (total - before) / n
+        result: dict[str, object] = {
+            "clients": n,
+            "children": len(child_pss),
+            "parent_before_kib": before,
+            "parent_after_kib": parent_after,
+            "growth_per_conn_kib": round(growth, 1),
+        }
+        if child_pss:
+            result["child_pss_kib_median"] = statistics.median(child_pss)
+            result["child_pss_kib_min"] = min(child_pss)
+            result["child_pss_kib_max"] = max(child_pss)
+        result["pss_kib"] = (
+            result["child_pss_kib_median"] if server.peer.forks and child_pss else growth
+        )
+        return result
+    finally:
+        for s in socks:
+            s.close()
+
+
+# ----- the interpreter ---------------------------------------------------------------------
+
+FORK_PROBE = """
+import os, sys, time
+for name in sys.argv[1:]:
+    __import__(name)
+n = 300
+t = time.perf_counter()
+for _ in range(n):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+print((time.perf_counter() - t) / n * 1e3)
+"""
+
+
+def interpreter_facts(python: str) -> dict[str, object]:
+    """What the benchmark's interpreter imports at start, and what a fork costs it."""
+    env = clean_env()
+    out = subprocess.run(
+        [python, "-X", "importtime", "-c", "pass"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stderr
+    modules = [
+        ln.split("|")[-1].strip() for ln in out.splitlines() if ln.startswith("import time:")
+    ]
+    modules = [m for m in modules if m and m != "imported package"]
+    info = subprocess.run(
+        [
+            python,
+            "-c",
+            "import sys, site; print(sys.version.split()[0]); print(sys.prefix);"
+            "print(';'.join(site.getsitepackages()))",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout.splitlines()
+    pth = sorted(
+        p.name for sp in info[2].split(";") if Path(sp).is_dir() for p in Path(sp).glob("*.pth")
+    )
+    stdlib_site = {
+        "site",
+        "os",
+        "stat",
+        "_stat",
+        "posixpath",
+        "genericpath",
+        "_collections_abc",
+        "_sitebuiltins",
+        "sitecustomize",
+        "usercustomize",
+        "abc",
+        "_abc",
+        "io",
+        "codecs",
+        "_codecs",
+        "encodings",
+        "encodings.aliases",
+        "encodings.utf_8",
+        "_signal",
+        "_io",
+        "marshal",
+        "posix",
+        "_frozen_importlib_external",
+        "time",
+        "zipimport",
+        "_distutils_system_mod",
+    }
+    extra = [m for m in modules if m not in stdlib_site]
+
+    def fork_ms(*imports: str) -> float:
+        res = subprocess.run(
+            [python, "-c", FORK_PROBE, *imports],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        return round(float(res.stdout), 3)
+
+    facts: dict[str, object] = {
+        "python": python,
+        "version": info[0],
+        "prefix": info[1],
+        "pth_files": pth,
+        "startup_modules": len(modules),
+        "startup_extra_modules": extra,
+        "fork_ms_bare": fork_ms(),
+    }
+    try:
+        facts["fork_ms_after_echolab_imports"] = fork_ms(
+            "echolab.cli", "echolab.server", "echolab.logs"
+        )
+    except subprocess.CalledProcessError:
+        facts["fork_ms_after_echolab_imports"] = None
+    return facts
+
+
+# ----- the run -----------------------------------------------------------------------------
+
+
+def make_peers(args: argparse.Namespace) -> list[Peer]:
+    py, bindir = args.python, Path(args.bin)
+    every = {
+        "c": Peer("c", "C fork per connection", [str(bindir / "echo_server"), "0", "128"]),
+        "minimal": Peer(
+            "minimal",
+            "minimal Python os.fork()",
+            [py, str(HERE / "peers" / "minimal_fork.py"), "0"],
+        ),
+        "forking": Peer(
+            "forking",
+            "stdlib ForkingTCPServer",
+            [py, str(HERE / "peers" / "forking_tcpserver.py"), "0"],
+        ),
+        "asyncio": Peer(
+            "asyncio",
+            "asyncio, one process",
+            [py, str(HERE / "peers" / "asyncio_echo.py"), "0"],
+            forks=False,
+        ),
+        "echolab": Peer(
+            "echolab",
+            "echolab serve",
+            [
+                args.echolab,
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--grace",
+                "1",
+                *args.echolab_arg,
+            ],
+        ),
+    }
+    wanted = [k.strip() for k in args.peers.split(",") if k.strip()]
+    unknown = [k for k in wanted if k not in every]
+    if unknown:
+        raise SystemExit(f"unknown peer(s): {', '.join(unknown)} (known: {', '.join(every)})")
+    return [every[k] for k in wanted]
+
+
+def measure_peer(
+    peer: Peer, args: argparse.Namespace, res: Results, rnd: str, logdir: Path
+) -> None:
+    """Start one peer, take every figure once, stop it."""
+    client = str(Path(args.bin) / "echo_load")
+    try:
+        server = Server(peer, logdir)
+    except RuntimeError as exc:
+        res.errors.append(str(exc))
+        progress(f"{rnd} {peer.label}: {exc}")
+        return
+    try:
+        # Warm-up, not recorded: first page faults in the parent, the first children.
+        run_client(
+            [client, "rate", server.target, str(args.warmup), "8", str(PAYLOAD)], timeout=120
+        )
+        for k in args.inflight:
+            data = run_client(
+                [client, "rate", server.target, str(args.connections), str(k), str(PAYLOAD)],
+                timeout=600,
+            )
+            value = float(data["conn_per_s"])
+            res.add(peer.key, f"rate_{k}", value, data)
+            bad = error_count(data)
+            if bad:
+                res.errors.append(f"{peer.label}: rate, {k} in flight: {data['errors']}")
+            latency = data["latency_ms"]
+            p99 = latency["p99"] if isinstance(latency, dict) else "?"
+            progress(
+                f"{rnd} {peer.label:<26} rate {k:>3} in flight  {value:>9,.0f} conn/s"
+                f"  p99 {p99} ms" + (f"  ERRORS {data['errors']}" if bad else "")
+            )
+        for s in args.streams:
+            data = run_client(
+                [
+                    client,
+                    "stream",
+                    server.target,
+                    str(s),
+                    str(args.stream_seconds),
+                    str(args.stream_warmup),
+                ],
+                timeout=args.stream_seconds + args.stream_warmup + 60,
+            )
+            value = float(data["mib_per_s"])
+            res.add(peer.key, f"stream_{s}", value, data)
+            bad = error_count(data)
+            if bad:
+                res.errors.append(f"{peer.label}: {s} streams: {data['errors']}")
+            progress(
+                f"{rnd} {peer.label:<26} {s:>2} stream(s)          {value:>9,.0f} MiB/s"
+                + (f"  ERRORS {data['errors']}" if bad else "")
+            )
+        if args.idle_clients:
+            mem = measure_memory(server, args.idle_clients)
+            value = float(mem["pss_kib"])
+            res.add(peer.key, "pss", value, mem)
+            how = (
+                f"median child PSS, {mem['children']} children"
+                if peer.forks and mem["children"]
+                else "PSS growth / clients"
+            )
+            progress(
+                f"{rnd} {peer.label:<26} {args.idle_clients} idle clients   "
+                f"{value:>9,.0f} KiB/conn ({how})"
+            )
+    except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+        res.errors.append(f"{peer.label}: {exc}")
+        progress(f"{rnd} {peer.label}: FAILED: {exc}")
+    finally:
+        server.stop()
+
+
+def compare_load(args: argparse.Namespace, res: Results, rnd: str, logdir: Path) -> None:
+    """Issue 3: `echolab load --mode rate` and the C client, one after the other, on the C
+    server, same connections, clients in flight and payload."""
+    try:
+        server = Server(
+            Peer(
+                "c-for-load",
+                "C server (load comparison)",
+                [str(Path(args.bin) / "echo_server"), "0", "128"],
+            ),
+            logdir,
+        )
+    except RuntimeError as exc:
+        res.errors.append(f"load comparison: {exc}")
+        return
+    k = args.load_clients
+    try:
+        data = run_client(
+            [
+                str(Path(args.bin) / "echo_load"),
+                "rate",
+                server.target,
+                str(args.connections),
+                str(k),
+                str(PAYLOAD),
+            ],
+            timeout=600,
+        )
+        c_rate = float(data["conn_per_s"])
+        res.load_compare.setdefault("c_client", []).append(c_rate)
+        with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
+            proc = subprocess.run(
+                [
+                    args.echolab,
+                    "load",
+                    "--target",
+                    server.target,
+                    "--mode",
+                    "rate",
+                    "--clients",
+                    str(k),
+                    "--connections",
+                    str(args.connections),
+                    "--payload",
+                    str(PAYLOAD),
+                    "--no-progress",
+                    "--json",
+                    tmp.name,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=600,
+                env=clean_env(),
+                check=False,
+            )
+            text = Path(tmp.name).read_text()
+        if proc.returncode != 0 or not text.strip():
+            msg = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["?"]
+            raise RuntimeError(f"echolab load exited {proc.returncode}: {msg[0]}")
+        ours = json.loads(text)
+        e_rate = float(ours["conn_per_s"])
+        res.load_compare.setdefault("echolab_load", []).append(e_rate)
+        progress(
+            f"{rnd} load comparison on the C server, {k} in flight: C client "
+            f"{c_rate:,.0f} conn/s, echolab load {e_rate:,.0f} conn/s "
+            f"({e_rate / c_rate:.2f}x)"
+        )
+    except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError, KeyError) as exc:
+        res.errors.append(f"load comparison: {exc}")
+        progress(f"{rnd} load comparison: FAILED: {exc}")
+    finally:
+        server.stop()
+
+
+# ----- report ------------------------------------------------------------------------------
+
+
+def metric_names(args: argparse.Namespace) -> list[tuple[str, str]]:
+    names = [(f"rate_{k}", f"conn/s, {k} in flight") for k in args.inflight]
+    names += [(f"stream_{s}", f"MiB/s, {s} stream{'s' if s > 1 else ''}") for s in args.streams]
+    if args.idle_clients:
+        names.append(("pss", f"PSS KiB/conn, {args.idle_clients} idle"))
+    return names
+
+
+def evaluate_targets(args: argparse.Namespace, res: Results) -> list[dict[str, object]]:
+    """Each target of issues 2 and 3: the figure, the bar, met or missed."""
+    out: list[dict[str, object]] = []
+
+    def ratio(metric: str, peer: str, factor: float, label: str) -> None:
+        ours, theirs = res.median("echolab", metric), res.median(peer, metric)
+        value = ours / theirs if ours is not None and theirs else None
+        out.append(
+            {
+                "target": label,
+                "value": value,
+                "bar": factor,
+                "kind": "ratio",
+                "met": None if value is None else value >= factor,
+            }
+        )
+
+    for k in args.inflight:
+        ratio(
+            f"rate_{k}",
+            "minimal",
+            TARGETS_RATE_MIN,
+            f"conn/s, {k} in flight >= {TARGETS_RATE_MIN}x minimal Python",
+        )
+        ratio(
+            f"rate_{k}",
+            "forking",
+            TARGETS_RATE_FORKING,
+            f"conn/s, {k} in flight >= {TARGETS_RATE_FORKING}x ForkingTCPServer",
+        )
+    for s in args.streams:
+        ratio(
+            f"stream_{s}",
+            "c",
+            TARGET_STREAM_C,
+            f"MiB/s, {s} stream{'s' if s > 1 else ''} >= {TARGET_STREAM_C}x C",
+        )
+    if args.idle_clients:
+        pss = res.median("echolab", "pss")
+        out.append(
+            {
+                "target": f"PSS per connection <= {TARGET_PSS_KIB} KiB",
+                "value": pss,
+                "bar": TARGET_PSS_KIB,
+                "kind": "max",
+                "met": None if pss is None else pss <= TARGET_PSS_KIB,
+            }
+        )
+    if args.load_compare:
+        c = res.load_compare.get("c_client")
+        e = res.load_compare.get("echolab_load")
+        value = statistics.median(e) / statistics.median(c) if c and e else None
+        out.append(
+            {
+                "target": f"echolab load >= {TARGET_LOAD_C:.0%} of the C client "
+                f"(C server, {args.load_clients} in flight)",
+                "value": value,
+                "bar": TARGET_LOAD_C,
+                "kind": "ratio",
+                "met": None if value is None else value >= TARGET_LOAD_C,
+            }
+        )
+    return out
+
+
+def render_table(args: argparse.Namespace, res: Results, peers: list[Peer]) -> str:
+    """The markdown table: peers x medians, then echolab's ratio to each reference peer."""
+    names = metric_names(args)
+    lines = [
+        "| server | " + " | ".join(label for _, label in names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for peer in peers:
+        cells = [fmt(res.median(peer.key, m), m) for m, _ in names]
+        lines.append(f"| {peer.label} | " + " | ".join(cells) + " |")
+    keys = {p.key for p in peers}
+    if "echolab" in keys:
+        for ref, label in (
+            ("minimal", "minimal Python"),
+            ("forking", "ForkingTCPServer"),
+            ("c", "C"),
+        ):
+            if ref not in keys:
+                continue
+            cells = []
+            for m, _ in names:
+                ours, theirs = res.median("echolab", m), res.median(ref, m)
+                cells.append(f"{ours / theirs:.2f}x" if ours is not None and theirs else "—")
+            lines.append(f"| *echolab ÷ {label}* | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_targets(targets: list[dict[str, object]]) -> str:
+    lines = ["| target (issues 2, 3) | echolab | verdict |", "|---|---:|---|"]
+    for t in targets:
+        value = t["value"]
+        bar = float(t["bar"])
+        if value is None:
+            shown, verdict = "—", "not measured"
+        elif t["kind"] == "ratio":
+            v = float(value)
+            shown = f"{v:.2f}x"
+            verdict = "met" if t["met"] else f"MISSED by {(bar - v) / bar:.0%}"
+        else:
+            v = float(value)
+            shown = f"{v:,.0f} KiB"
+            verdict = "met" if t["met"] else f"MISSED by {v - bar:,.0f} KiB"
+        lines.append(f"| {t['target']} | {shown} | {verdict} |")
+    return "\n".join(lines)
+
+
+def render_spread(args: argparse.Namespace, res: Results, peers: list[Peer]) -> str:
+    names = metric_names(args)
+    lines = [
+        "| server | " + " | ".join(label for _, label in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for peer in peers:
+        cells = []
+        for m, _ in names:
+            values = res.runs.get(peer.key, {}).get(m, [])
+            cells.append(" / ".join(f"{v:,.0f}" for v in values) or "—")
+        lines.append(f"| {peer.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine_facts() -> dict[str, object]:
+    def read(path: str) -> str:
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            return "?"
+
+    cpu = "?"
+    for line in read("/proc/cpuinfo").splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "app"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+    except OSError:
+        commit, dirty = "?", ""
+    return {
+        "kernel": platform.release(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "loadavg_start": read("/proc/loadavg"),
+        "tcp_tw_reuse": read("/proc/sys/net/ipv4/tcp_tw_reuse"),
+        "git_commit": commit,
+        "app_uncommitted_changes": bool(dirty),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--python",
+        default=str(ROOT / ".venv-bench" / "bin" / "python"),
+        help="interpreter for every Python peer (the bench venv's)",
+    )
+    p.add_argument(
+        "--echolab",
+        default=None,
+        help="the echolab script of the same venv (default: beside --python)",
+    )
+    p.add_argument(
+        "--echolab-arg",
+        action="append",
+        default=[],
+        help="extra argument for `echolab serve` (repeatable)",
+    )
+    p.add_argument("--bin", default=str(HERE / "bin"), help="where echo_server/echo_load are")
+    p.add_argument("--out", default=str(HERE / "results"), help="results directory")
+    p.add_argument("--peers", default="c,minimal,forking,asyncio,echolab")
+    p.add_argument("--connections", type=int, default=10000, help="per rate run")
+    p.add_argument("--warmup", type=int, default=500, help="unrecorded connections first")
+    p.add_argument("--inflight", default="8,64", help="rate runs: connections in flight")
+    p.add_argument("--streams", default="1,8", help="stream runs: concurrent streams")
+    p.add_argument("--stream-seconds", type=float, default=3.0)
+    p.add_argument("--stream-warmup", type=float, default=0.5)
+    p.add_argument("--idle-clients", type=int, default=200, help="for PSS (0: skip)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds; medians are reported")
+    p.add_argument("--load-clients", type=int, default=64, help="issue 3 comparison: in flight")
+    p.add_argument("--no-load-compare", dest="load_compare", action="store_false")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: tiny sizes, one round (figures are meaningless)",
+    )
+    p.add_argument(
+        "--fail-on-missed", action="store_true", help="exit 3 when echolab misses a target"
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.connections, args.warmup, args.repeats = 300, 50, 1
+        args.stream_seconds, args.stream_warmup = 0.5, 0.1
+        args.idle_clients = min(args.idle_clients, 20)
+    args.inflight = [int(x) for x in args.inflight.split(",") if x]
+    args.streams = [int(x) for x in args.streams.split(",") if x]
+    if args.echolab is None:
+        args.echolab = str(Path(args.python).parent / "echolab")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in ("echo_server", "echo_load"):
+        if not os.access(Path(args.bin) / tool, os.X_OK):
+            print(
+                f"bench: {Path(args.bin) / tool} missing: run `make bench` (it builds them)",
+                file=sys.stderr,
+            )
+            return 2
+    if not os.access(args.python, os.X_OK):
+        print(f"bench: no interpreter at {args.python}: run `make bench`", file=sys.stderr)
+        return 2
+    peers = make_peers(args)
+    out = Path(args.out)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    logdir = out / "logs" / stamp
+    logdir.mkdir(parents=True, exist_ok=True)
+
+    machine = machine_facts()
+    interp = interpreter_facts(args.python)
+    progress(
+        f"machine: {machine['cpus']} CPUs ({machine['cpu']}), kernel {machine['kernel']}, "
+        f"load average {machine['loadavg_start']}"
+    )
+    progress(
+        f"interpreter for every Python peer: {interp['python']} (Python {interp['version']})"
+        f"; {interp['startup_modules']} modules at start-up; .pth files: "
+        f"{', '.join(interp['pth_files']) or 'none'}; extra start-up modules: "
+        f"{', '.join(interp['startup_extra_modules']) or 'none'}"
+    )
+    progress(
+        f"fork()+_exit()+waitpid() of that interpreter: {interp['fork_ms_bare']} ms bare, "
+        f"{interp['fork_ms_after_echolab_imports']} ms after importing echolab's server"
+    )
+    if interp["startup_extra_modules"]:
+        progress(
+            "WARNING: the interpreter imports modules beyond the standard library's site "
+            "at start-up; every fork pays for them"
+        )
+    load1 = float(str(machine["loadavg_start"]).split()[0] or 0)
+    if load1 > 0.5:
+        progress(
+            f"WARNING: load average {load1} at the start: something else is running, "
+            "figures will be noisy"
+        )
+    progress(
+        f"peers: {', '.join(p.label for p in peers)}; {args.repeats} round(s) of "
+        f"{args.connections} connections x {args.inflight} in flight, streams "
+        f"{args.streams} for {args.stream_seconds} s, {args.idle_clients} idle clients"
+    )
+
+    res = Results()
+    for r in range(1, args.repeats + 1):
+        rnd = f"round {r}/{args.repeats}"
+        for peer in peers:
+            measure_peer(peer, args, res, rnd, logdir)
+        if args.load_compare:
+            compare_load(args, res, rnd, logdir)
+
+    machine["loadavg_end"] = Path("/proc/loadavg").read_text().strip()
+    targets = evaluate_targets(args, res)
+    table, target_table = render_table(args, res, peers), render_targets(targets)
+    spread = render_spread(args, res, peers)
+    command = " ".join([Path(sys.executable).name, "bench/run.py", *(argv or sys.argv[1:])])
+    load_line = ""
+    if res.load_compare.get("c_client") and res.load_compare.get("echolab_load"):
+        c = statistics.median(res.load_compare["c_client"])
+        e = statistics.median(res.load_compare["echolab_load"])
+        load_line = (
+            f"Load generators on the C server ({args.connections} connections, "
+            f"{args.load_clients} in flight, 64 B): C client {c:,.0f} conn/s, "
+            f"`echolab load --mode rate` {e:,.0f} conn/s ({e / c:.2f}x).\n\n"
+        )
+    md = (
+        f"# echolab benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
+        f"Command: `{command}`{' (QUICK: sizes too small to mean anything)' if args.quick else ''}"
+        f"\n\nMachine: {machine['cpus']} CPUs ({machine['cpu']}), Linux {machine['kernel']}, "
+        f"load average at start {machine['loadavg_start']}, at end {machine['loadavg_end']}. "
+        f"Interpreter for every Python server: Python {interp['version']} in "
+        f"{interp['prefix']} (fork+exit+wait {interp['fork_ms_bare']} ms). "
+        f"Subject at commit {machine['git_commit']}"
+        f"{' with uncommitted changes in app/' if machine['app_uncommitted_changes'] else ''}.\n\n"
+        f"Medians of {args.repeats} round(s); rate = {args.connections} connections of 64 B "
+        f"(connect, echo, close) by the C epoll client; streams = {args.stream_seconds} s "
+        f"after {args.stream_warmup} s warm-up, echoed MiB/s; PSS = median child PSS with "
+        f"{args.idle_clients} idle clients held (one process: PSS growth / clients).\n\n"
+        f"{table}\n\n{target_table}\n\n{load_line}"
+        f"Every run (in round order):\n\n{spread}\n"
+    )
+    if res.errors:
+        md += "\nErrors:\n\n" + "\n".join(f"- {e}" for e in res.errors) + "\n"
+
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "command": command,
+        "quick": args.quick,
+        "settings": {k: v for k, v in vars(args).items() if k != "quick"},
+        "machine": machine,
+        "interpreter": interp,
+        "peers": {p.key: {"label": p.label, "argv": p.argv, "forks": p.forks} for p in peers},
+        "medians": {p.key: {m: res.median(p.key, m) for m, _ in metric_names(args)} for p in peers},
+        "runs": res.runs,
+        "details": res.details,
+        "load_compare": res.load_compare,
+        "targets": targets,
+        "errors": res.errors,
+    }
+    for name in (stamp, "latest"):
+        (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+        (out / f"{name}.md").write_text(md)
+
+    print()
+    print(table)
+    print()
+    print(target_table)
+    if load_line:
+        print()
+        print(load_line.strip())
+    print(
+        f"\nwritten: {out / (stamp + '.json')}, {out / (stamp + '.md')} (and latest.*); "
+        f"server logs in {logdir}"
+    )
+    if res.errors:
+        print(f"\n{len(res.errors)} error(s):", *res.errors, sep="\n  ")
+        return 1
+    if args.fail_on_missed and any(t["met"] is False for t in targets):
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
