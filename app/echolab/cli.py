@@ -235,6 +235,9 @@ def _add_restart_check(sub: Any) -> None:
     e.add("--clients", type=positive_int, default=5, help="idle clients connected at the stop")
     e.add("--no-reuseaddr", action="store_true", default=False,
           help="restart without SO_REUSEADDR (expected: EADDRINUSE)")
+    e.add("--close-first", default="server", choices=["server", "client"],
+          help="who closes the idle connections: the stopped server (the lesson) or the "
+          "clients, before the stop (no server-side TIME_WAIT: the run is invalid, exit 3)")
     e.add("--restart-cmd", default=None, metavar="CMD",
           help="managed mode: command that restarts a server run by something else")
     e.add("--target", type=parse_hostport, default=None,
