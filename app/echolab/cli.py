@@ -7,6 +7,7 @@ parent has loaded is paid again on every fork (shared/DESIGN.md: 0.53 ms vs 1.7 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -81,7 +82,7 @@ def duration(text: str) -> float:
         value = float(number) * scale
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 10s, 500ms, 2m)") from None
-    if value < 0 or value != value:  # NaN
+    if value < 0 or math.isnan(value) or math.isinf(value):
         raise argparse.ArgumentTypeError(f"not a valid duration: {text!r}")
     return value
 
@@ -115,7 +116,7 @@ class _EnvDefaults:
         self.parser = parser
         self.target = parser if target is None else target
 
-    def add(self, *flags: str, type: Callable[[str], Any] | None = None, **kw: Any) -> None:  # noqa: A002
+    def add(self, *flags: str, type: Callable[[str], Any] | None = None, **kw: Any) -> None:
         dest = kw.get("dest") or flags[0].lstrip("-").replace("-", "_")
         var = ENV_PREFIX + dest.upper()
         action = kw.get("action")
@@ -173,8 +174,12 @@ def _add_serve(sub: Any) -> None:
         default=5.0,
         help="on SIGTERM, let sessions finish this long before ending them",
     )
-    e.add("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-          help="log threshold")
+    e.add(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log threshold",
+    )
     e.add("--log-format", default="text", choices=["text", "json"], help="log line format")
 
 
@@ -185,8 +190,12 @@ def _add_probe(sub: Any) -> None:
         description="Connect, send a random payload, read it back, compare. For health checks.",
     )
     e = _EnvDefaults(p)
-    e.add("--target", type=parse_hostport, default=parse_hostport("127.0.0.1:7007"),
-          help="server as HOST:PORT")
+    e.add(
+        "--target",
+        type=parse_hostport,
+        default=parse_hostport("127.0.0.1:7007"),
+        help="server as HOST:PORT",
+    )
     e.add("--timeout", type=duration, default=2.0, help="give up after this long")
     e.add("--payload", type=positive_int, default=32, help="bytes to send")
     e.add("--quiet", "-q", action="store_true", default=False, help="print nothing")
@@ -199,24 +208,46 @@ def _add_load(sub: Any) -> None:
         description="Load generator: rate, stream or hold; every byte sent is checked on return.",
     )
     e = _EnvDefaults(p)
-    e.add("--target", type=parse_hostport, default=None, required="ECHOLAB_TARGET" not in os.environ,
-          help="server as HOST:PORT")
-    e.add("--mode", default="rate", choices=["rate", "stream", "hold"],
-          help="rate: short connections; stream: long two-way streams; hold: idle connections")
+    e.add(
+        "--target",
+        type=parse_hostport,
+        default=None,
+        required="ECHOLAB_TARGET" not in os.environ,
+        help="server as HOST:PORT",
+    )
+    e.add(
+        "--mode",
+        default="rate",
+        choices=["rate", "stream", "hold"],
+        help="rate: short connections; stream: long two-way streams; hold: idle connections",
+    )
     e.add("--clients", type=positive_int, default=64, help="connections in flight")
     group = p.add_mutually_exclusive_group()
     ge = _EnvDefaults(p, group)
-    ge.add("--connections", type=positive_int, default=None,
-           help="rate mode: stop after this many connections")
+    ge.add(
+        "--connections",
+        type=positive_int,
+        default=None,
+        help="rate mode: stop after this many connections",
+    )
     ge.add("--duration", type=duration, default=None, help="run this long (default 10s)")
     e.add("--payload", type=positive_int, default=64, help="bytes per connection (rate)")
     e.add("--workers", type=workers, default="auto", help="worker processes ('auto': CPU count)")
-    e.add("--json", dest="json_file", default=None, metavar="FILE",
-          help="write the figures as JSON ('-': stdout)")
+    e.add(
+        "--json",
+        dest="json_file",
+        default=None,
+        metavar="FILE",
+        help="write the figures as JSON ('-': stdout)",
+    )
     e.add("--no-progress", action="store_true", default=False, help="no live progress")
     e.add("--seed", type=non_negative_int, default=None, help="seed for payloads")
-    e.add("--max-error-rate", type=error_rate, default=0.0,
-          help="fail when the error fraction exceeds this")
+    e.add(
+        "--max-error-rate",
+        type=error_rate,
+        default=0.0,
+        help="fail when the error fraction exceeds this",
+    )
     e.add("--timeout", type=duration, default=5.0, help="per-operation timeout")
 
 
@@ -233,18 +264,36 @@ def _add_restart_check(sub: Any) -> None:
     e.add("--host", default="127.0.0.1", help="address of the server")
     e.add("--port", type=port_number, default=7007, help="the server's port")
     e.add("--clients", type=positive_int, default=5, help="idle clients connected at the stop")
-    e.add("--no-reuseaddr", action="store_true", default=False,
-          help="restart without SO_REUSEADDR (expected: EADDRINUSE)")
-    e.add("--close-first", default="server", choices=["server", "client"],
-          help="who closes the idle connections: the stopped server (the lesson) or the "
-          "clients, before the stop (no server-side TIME_WAIT: the run is invalid, exit 3)")
-    e.add("--restart-cmd", default=None, metavar="CMD",
-          help="managed mode: command that restarts a server run by something else")
-    e.add("--target", type=parse_hostport, default=None,
-          help="managed mode: the server as HOST:PORT")
+    e.add(
+        "--no-reuseaddr",
+        action="store_true",
+        default=False,
+        help="restart without SO_REUSEADDR (expected: EADDRINUSE)",
+    )
+    e.add(
+        "--close-first",
+        default="server",
+        choices=["server", "client"],
+        help="who closes the idle connections: the stopped server (the lesson) or the "
+        "clients, before the stop (no server-side TIME_WAIT: the run is invalid, exit 3)",
+    )
+    e.add(
+        "--restart-cmd",
+        default=None,
+        metavar="CMD",
+        help="managed mode: command that restarts a server run by something else",
+    )
+    e.add(
+        "--target", type=parse_hostport, default=None, help="managed mode: the server as HOST:PORT"
+    )
     e.add("--timeout", type=duration, default=10.0, help="how long the restart may take")
-    e.add("--json", dest="json_file", default=None, metavar="FILE",
-          help="write the result as JSON ('-': stdout)")
+    e.add(
+        "--json",
+        dest="json_file",
+        default=None,
+        metavar="FILE",
+        help="write the result as JSON ('-': stdout)",
+    )
 
 
 def _add_sockets(sub: Any) -> None:
@@ -254,10 +303,20 @@ def _add_sockets(sub: Any) -> None:
         description="The TCP sockets on a port by state (TIME_WAIT with its remaining time).",
     )
     e = _EnvDefaults(p)
-    e.add("--port", type=port_number, required="ECHOLAB_PORT" not in os.environ,
-          default=None, help="local port to show")
-    e.add("--json", dest="json_file", default=None, metavar="FILE",
-          help="write the sockets as JSON ('-': stdout)")
+    e.add(
+        "--port",
+        type=port_number,
+        required="ECHOLAB_PORT" not in os.environ,
+        default=None,
+        help="local port to show",
+    )
+    e.add(
+        "--json",
+        dest="json_file",
+        default=None,
+        metavar="FILE",
+        help="write the sockets as JSON ('-': stdout)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

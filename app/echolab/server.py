@@ -1,0 +1,552 @@
+"""The forking echo server: the parent listens and accepts, each client gets its own child.
+
+The parent is single-threaded and never blocks in accept(): it waits on the listeners, a
+signal wakeup pipe and the children's report pipe together (selectors + signal.set_wakeup_fd),
+because since PEP 475 a blocked accept() is retried after a signal and never returns to the
+loop. Signal handlers only record the signal; the loop does the work (STYLE.md 1-3).
+
+A child resets its signal dispositions, closes every descriptor of the parent's but its own
+connection, echoes with splice(2) (socket -> pipe -> socket: the bytes never enter Python),
+reports how many bytes it echoed, and always ends with os._exit().
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import gc
+import logging
+import os
+import selectors
+import signal
+import socket
+import struct
+import time
+from argparse import Namespace
+from types import FrameType
+
+from echolab.listener import format_address, inherited_listeners, open_listener, socket_address
+
+log = logging.getLogger("echolab")
+
+# Tunables, each with its reason.
+CHUNK = 1 << 20  # bytes asked of one splice() call; the pipe's size bounds what one call moves
+PIPE_SIZE = 1 << 18  # 256 KiB pipe per child: fewer splice() calls per MiB than the 64 KiB default
+ACCEPT_BATCH = 64  # accepts per wakeup before the loop looks at signals again
+RETRY_PAUSE = 0.1  # s without accepting after fork() or accept() ran out of a resource
+KILL_AFTER = 1.0  # s between SIGTERM to the remaining children and SIGKILL to stragglers
+REAP_LIMIT = 5.0  # s to wait for SIGKILLed children before giving up on them
+DRAIN_TIME = 0.5  # s a stopping child reads (and drops) after its FIN, so close() sends no RST
+
+# How a child's session ended, as its exit status (decoded in the parent's exit log line).
+CHILD_EOF = 0  # the client closed (or half-closed) and everything it sent was echoed
+CHILD_ERROR = 1  # an unexpected error, logged by the child with its traceback
+CHILD_RESET = 3  # the peer reset the connection or vanished (ECONNRESET, EPIPE, ETIMEDOUT)
+CHILD_IDLE = 4  # the client was silent for --idle-timeout seconds
+CHILD_SHUTDOWN = 5  # the server is stopping: the child closed the connection from its side
+CHILD_STATUS = {
+    CHILD_EOF: "closed by client",
+    CHILD_ERROR: "error",
+    CHILD_RESET: "reset by peer",
+    CHILD_IDLE: "idle timeout",
+    CHILD_SHUTDOWN: "closed by server shutdown",
+}
+
+REPORT = struct.Struct("=iQ")  # (pid, bytes echoed): 12 bytes, written atomically (< PIPE_BUF)
+_HANDLED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT)
+
+
+class _Shutdown(BaseException):
+    """Raised in a child by SIGTERM: the server is stopping, close the connection in order."""
+
+
+class Child:
+    """What the parent remembers of one child until it reaps it."""
+
+    __slots__ = ("nbytes", "peer", "started")
+
+    def __init__(self, peer: str, started: float) -> None:
+        self.peer = peer
+        self.started = started
+        self.nbytes = -1  # unknown until the child's report arrives
+
+
+class ForkingEchoServer:
+    """A fork-per-connection echo server on one or more listening sockets."""
+
+    def __init__(
+        self,
+        listeners: list[socket.socket],
+        *,
+        max_children: int = 512,
+        idle_timeout: float = 300.0,
+        grace: float = 5.0,
+    ) -> None:
+        self.listeners = listeners
+        self.max_children = max_children
+        self.idle_timeout = idle_timeout
+        self.grace = grace
+        self.children: dict[int, Child] = {}
+        self._signals: list[int] = []
+        self._stopping = False
+        self._accepting = False
+        self._resume_at: float | None = None  # when a paused accept loop may start again
+        self._at_cap_logged = False
+        self._report_buf = b""
+        self._selector = selectors.DefaultSelector()
+        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._report_r, self._report_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._selector.register(self._wakeup_r, selectors.EVENT_READ, "wakeup")
+        self._selector.register(self._report_r, selectors.EVENT_READ, "report")
+        for sock in listeners:
+            sock.setblocking(False)
+
+    # ----- the parent's loop -------------------------------------------------------------
+
+    def serve_forever(self) -> int:
+        """Run until SIGTERM or SIGINT, then shut down in order; return the exit status."""
+        self.install_signal_handlers()
+        self.resume_accepting()
+        # Move every object made so far out of the collector's reach: a collection in the
+        # parent would otherwise touch (and so un-share) all of them after each fork.
+        gc.freeze()
+        try:
+            while not self._stopping:
+                self.wait_for_events(self._pause_left())
+                if self._resume_at is not None and time.monotonic() >= self._resume_at:
+                    self._resume_at = None
+                    self.resume_accepting()
+            self.shutdown()
+        finally:
+            self.server_close()
+        return 0
+
+    def wait_for_events(self, timeout: float | None) -> None:
+        """Wait once on listeners, wakeup and reports; accept, reap and dispatch signals."""
+        for key, _ in self._selector.select(timeout):
+            if key.data == "wakeup":
+                self._drain_pipe(self._wakeup_r)
+            elif key.data == "report":
+                self.read_reports()
+            elif self._accepting:
+                self.accept_clients(key.fileobj)  # type: ignore[arg-type]
+        self.dispatch_signals()
+
+    def install_signal_handlers(self) -> None:
+        """Called once, before the loop: handlers that record, and the wakeup pipe."""
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        for signum in _HANDLED:
+            signal.signal(signum, self.handle_signal)
+
+    def handle_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Signal handler: record the signal, nothing else (no logging, no I/O)."""
+        self._signals.append(signum)
+
+    def dispatch_signals(self) -> None:
+        """Called by the loop after every wakeup: act on the signals recorded since."""
+        if not self._signals:
+            return
+        pending, self._signals[:] = set(self._signals), []
+        if signal.SIGCHLD in pending:
+            self.reap_children()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            if signum in pending:
+                self.handle_stop(signal.Signals(signum).name)
+
+    def handle_stop(self, name: str) -> None:
+        """SIGTERM or SIGINT: stop accepting now; a second one ends the grace period."""
+        if not self._stopping:
+            log.info("%s: stopping", name)
+            self._stopping = True
+            self.close_listeners()
+        else:
+            log.info("%s again: ending the grace period", name)
+            self.grace = 0.0
+
+    # ----- accepting and forking -----------------------------------------------------------
+
+    def accept_clients(self, listener: socket.socket) -> None:
+        """Called when a listener is readable: accept and fork up to ACCEPT_BATCH clients."""
+        for _ in range(ACCEPT_BATCH):
+            if len(self.children) >= self.max_children:
+                self.pause_accepting(None)
+                return
+            try:
+                conn, addr = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue  # the client gave up while in the backlog
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("accept() failed: %s; pausing %.1f s", exc.strerror, RETRY_PAUSE)
+                    self.pause_accepting(RETRY_PAUSE)
+                    return
+                raise
+            self.process_request(conn, format_address(addr[0], addr[1]))
+
+    def process_request(self, conn: socket.socket, peer: str) -> None:
+        """Fork a child to serve `conn`; the parent closes its copy at once."""
+        # Block the handled signals across fork(): the child must not run the parent's
+        # handlers before it has installed its own.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            conn.close()
+            log.warning(
+                "fork() failed for %s: %s; closed that connection, pausing %.1f s",
+                peer,
+                exc.strerror,
+                RETRY_PAUSE,
+            )
+            self.pause_accepting(RETRY_PAUSE)
+            return
+        if pid == 0:
+            # This must never return into the parent's code, hence os._exit() (socketserver).
+            status = CHILD_ERROR
+            try:
+                status = self.serve_child(conn, old_mask)
+            finally:
+                os._exit(status)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        conn.close()
+        self.children[pid] = Child(peer, time.monotonic())
+        log.debug("child %d serves %s", pid, peer)
+
+    def pause_accepting(self, seconds: float | None) -> None:
+        """Stop watching the listeners: at the child cap (None) or for `seconds` after a failure.
+
+        Clients keep arriving in the kernel's backlog and are served when accepting resumes.
+        """
+        if self._accepting:
+            for sock in self.listeners:
+                self._selector.unregister(sock)
+            self._accepting = False
+        if seconds is not None:
+            self._resume_at = time.monotonic() + seconds
+        elif not self._at_cap_logged:
+            self._at_cap_logged = True
+            log.warning(
+                "at the cap of %d children: new clients wait in the backlog", self.max_children
+            )
+
+    def resume_accepting(self) -> None:
+        """Watch the listeners again (not while stopping, at the cap, or during a pause)."""
+        if (
+            self._accepting
+            or self._stopping
+            or self._resume_at is not None
+            or len(self.children) >= self.max_children
+        ):
+            return
+        for sock in self.listeners:
+            self._selector.register(sock, selectors.EVENT_READ, "listener")
+        self._accepting = True
+        if self._at_cap_logged:
+            self._at_cap_logged = False
+            log.info("below the cap again: accepting")
+
+    def _pause_left(self) -> float | None:
+        if self._resume_at is None:
+            return None
+        return max(0.0, self._resume_at - time.monotonic())
+
+    # ----- reaping -----------------------------------------------------------------------
+
+    def reap_children(self) -> None:
+        """Called on SIGCHLD: reap every exited child (orphans too, as PID 1), log each once."""
+        reaped: list[tuple[int, int]] = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:  # ECHILD: no children at all
+                break
+            if pid == 0:
+                break
+            reaped.append((pid, status))
+        if not reaped:
+            return
+        self.read_reports()  # the reaped children wrote theirs before they exited
+        now = time.monotonic()
+        for pid, status in reaped:
+            child = self.children.pop(pid, None)
+            if child is None:
+                log.debug("reaped pid %d (not a client's child: an orphan re-parented to us)", pid)
+                continue
+            self.log_child_exit(pid, child, status, now - child.started)
+        self.resume_accepting()
+
+    def log_child_exit(self, pid: int, child: Child, status: int, elapsed: float) -> None:
+        """One line per child: pid, peer, how it ended, duration and bytes echoed."""
+        if os.WIFEXITED(status):
+            code = os.WEXITSTATUS(status)
+            how = CHILD_STATUS.get(code, f"exit status {code}")
+            level = logging.WARNING if code == CHILD_ERROR else logging.INFO
+        elif os.WIFSIGNALED(status):
+            how = f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+            level = logging.WARNING
+        else:
+            how, level = f"status {status:#x}", logging.WARNING
+        nbytes = child.nbytes
+        log.log(
+            level,
+            "child %d %s: %s after %.3f s, %s bytes echoed",
+            pid,
+            child.peer,
+            how,
+            elapsed,
+            nbytes if nbytes >= 0 else "?",
+            extra={
+                "fields": {
+                    "event": "child_exit",
+                    "child_pid": pid,
+                    "peer": child.peer,
+                    "status": how,
+                    "duration_s": round(elapsed, 6),
+                    "bytes": nbytes if nbytes >= 0 else None,
+                }
+            },
+        )
+
+    def read_reports(self) -> None:
+        """Read the children's (pid, bytes) reports from the report pipe."""
+        data = self._report_buf + self._drain_pipe(self._report_r)
+        usable = len(data) - len(data) % REPORT.size
+        for pid, nbytes in REPORT.iter_unpack(data[:usable]):
+            child = self.children.get(pid)
+            if child is not None:
+                child.nbytes = nbytes
+        self._report_buf = data[usable:]
+
+    @staticmethod
+    def _drain_pipe(fd: int) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # ----- stopping ----------------------------------------------------------------------
+
+    def close_listeners(self) -> None:
+        """Stop accepting and close the listening sockets: new clients are refused at once."""
+        self.pause_accepting(0.0)
+        self._resume_at = None
+        for sock in self.listeners:
+            sock.close()
+        self.listeners = []
+
+    def shutdown(self) -> None:
+        """After the listeners closed: grace, then SIGTERM, then SIGKILL; reap every child."""
+        n = len(self.children)
+        if n:
+            log.info("listener closed; %d session(s) have %.1f s to finish", n, self.grace)
+        self.wait_children(self.grace)
+        if self.children:
+            log.info("asking %d session(s) to close (SIGTERM)", len(self.children))
+            self.signal_children(signal.SIGTERM)
+            self.wait_children(KILL_AFTER)
+        if self.children:
+            log.warning("%d session(s) still open: SIGKILL", len(self.children))
+            self.signal_children(signal.SIGKILL)
+            self.wait_children(REAP_LIMIT)
+        if self.children:
+            log.error(
+                "%d child(ren) could not be reaped: %s",
+                len(self.children),
+                " ".join(map(str, self.children)),
+            )
+        log.info("stopped")
+
+    def wait_children(self, seconds: float) -> None:
+        """Reap children for up to `seconds` (a second SIGTERM/SIGINT ends a grace period)."""
+        deadline = time.monotonic() + seconds
+        grace = self.grace
+        self.reap_children()  # SIGCHLD may have come and gone before the wait began
+        while self.children:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.grace < grace:
+                return
+            self.wait_for_events(left)
+
+    def signal_children(self, signum: int) -> None:
+        """Send `signum` to every live child."""
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass  # exited; SIGCHLD will reap it
+
+    def server_close(self) -> None:
+        """Release the parent's descriptors and restore default signal handling."""
+        signal.set_wakeup_fd(-1)
+        for signum in _HANDLED:
+            signal.signal(signum, signal.SIG_DFL)
+        for sock in self.listeners:
+            sock.close()
+        self._selector.close()
+        for fd in (self._wakeup_r, self._wakeup_w, self._report_r, self._report_w):
+            os.close(fd)
+
+    # ----- the child ---------------------------------------------------------------------
+
+    def serve_child(self, conn: socket.socket, old_mask: set[signal.Signals | int]) -> int:
+        """In the child: drop the parent's state, echo until the session ends, report."""
+        gc.disable()  # a short life with no cycles worth collecting; spare the shared pages
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C goes to the parent, which drains us
+        signal.signal(signal.SIGTERM, _raise_shutdown)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        for sock in self.listeners:
+            sock.close()  # only the parent holds the listening socket
+        self._selector.close()
+        for fd in (self._wakeup_r, self._wakeup_w, self._report_r):
+            os.close(fd)
+        moved = [0]
+        status = echo_session(conn, self.idle_timeout, moved)
+        try:
+            os.write(self._report_w, REPORT.pack(os.getpid(), moved[0]))
+        except OSError:
+            pass  # report pipe full: the parent logs '?' bytes
+        return status
+
+
+def _raise_shutdown(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Shutdown
+
+
+def echo_session(conn: socket.socket, idle_timeout: float, moved: list[int]) -> int:
+    """Echo everything the client sends until it closes; return the child's exit status.
+
+    `moved[0]` counts the bytes echoed, and stays right however the session ends.
+    """
+    try:
+        try:
+            if idle_timeout > 0:
+                # The kernel enforces the idle timeout on each blocking splice()/recv()/send():
+                # EAGAIN after that long without a byte in (or room to send out).
+                tv = struct.pack("ll", int(idle_timeout), int(idle_timeout % 1 * 1e6))
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+            try:
+                echo_splice(conn.fileno(), moved)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+                    raise
+                echo_copy(conn, moved)  # a socket splice() does not take: copy through Python
+            status = CHILD_EOF
+        except BlockingIOError:
+            status = CHILD_IDLE
+        except (ConnectionError, TimeoutError):
+            return CHILD_RESET  # ECONNRESET, EPIPE, ETIMEDOUT: nothing left to close in order
+        except _Shutdown:
+            status = CHILD_SHUTDOWN
+        close_in_order(conn)
+        return status
+    except (ConnectionError, TimeoutError):
+        return CHILD_RESET
+    except _Shutdown:
+        return CHILD_SHUTDOWN
+    except Exception:
+        log.exception("session with %s failed", _peer(conn))
+        return CHILD_ERROR
+    finally:
+        conn.close()
+
+
+def echo_splice(fd: int, moved: list[int]) -> None:
+    """Echo with splice(2): socket -> pipe -> socket, the bytes never copied into Python."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # over the user's pipe-user-pages-soft: the default 64 KiB pipe still works
+        splice = os.splice
+        while True:
+            n = splice(fd, w, CHUNK)  # blocks until data, EOF (0) or the idle timeout (EAGAIN)
+            if n == 0:
+                return
+            while n:
+                sent = splice(r, fd, n)
+                n -= sent
+                moved[0] += sent
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def echo_copy(conn: socket.socket, moved: list[int]) -> None:
+    """Echo through a reused buffer: exactly the bytes received, sent in full."""
+    buf = bytearray(65536)
+    view = memoryview(buf)
+    while True:
+        n = conn.recv_into(buf)
+        if n == 0:
+            return
+        conn.sendall(view[:n])
+        moved[0] += n
+
+
+def close_in_order(conn: socket.socket) -> None:
+    """Close from the server's side with a FIN, never an RST: this side then holds TIME_WAIT.
+
+    shutdown(SHUT_WR) sends the FIN; data the client still sends is read and dropped for a
+    moment, because close() with unread data would answer with an RST.
+    """
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(DRAIN_TIME)
+        deadline = time.monotonic() + DRAIN_TIME
+        while time.monotonic() < deadline and conn.recv(65536):
+            pass
+    except OSError:
+        pass  # reset, timeout or already closed: nothing more to do in order
+
+
+def _peer(conn: socket.socket) -> str:
+    try:
+        addr = conn.getpeername()
+        return format_address(addr[0], addr[1])
+    except OSError:
+        return "a client"
+
+
+def run(args: Namespace) -> int:
+    """`echolab serve`: open (or inherit) the listener and serve until stopped."""
+    from echolab import logs
+
+    logs.setup(args.log_level, args.log_format)
+    listeners = inherited_listeners()
+    source = "inherited from systemd" if listeners else None
+    if not listeners:
+        listeners = [open_listener(args.host, args.port, args.backlog, not args.no_reuseaddr)]
+    server = ForkingEchoServer(
+        listeners,
+        max_children=args.max_children,
+        idle_timeout=args.idle_timeout,
+        grace=args.grace,
+    )
+    for sock in listeners:
+        reuse = sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        log.info(
+            "listening on %s (%s; SO_REUSEADDR %s, up to %d children, idle timeout %g s, "
+            "grace %g s%s)",
+            socket_address(sock),
+            source or f"backlog {args.backlog}",
+            "on" if reuse else "off",
+            args.max_children,
+            args.idle_timeout,
+            args.grace,
+            ", PID 1: reaping orphans too" if os.getpid() == 1 else "",
+        )
+    return server.serve_forever()
