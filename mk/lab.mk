@@ -1,24 +1,134 @@
 # The container lab (issue 4): base image, server and loadgen images, compose.yaml, lab tests.
-# Works offline: the base image is built from the host's apt sources with mmdebstrap, the
-# project's wheel and its dependencies are built on the host; nothing is pulled.
+# Offline by design: the base image is built from the host's apt sources with mmdebstrap, the
+# project's wheel and the load extra's wheels are built on the host; no image is pulled.
 DOCKER ?= docker
+# The image the server and loadgen are built FROM: the offline Debian base (make base-image), or
+# any image with Python 3.11+ and its venv module for those who can pull (python:3.12-slim).
 BASE_IMAGE ?= echolab/base:bookworm
 # Extra Debian packages for the base image (comma separated), e.g. BASE_INCLUDE=strace
 BASE_INCLUDE ?=
+# Compose v2 plugin or v1 docker-compose, detected once.
+COMPOSE ?= $(shell if $(DOCKER) compose version >/dev/null 2>&1; then echo "$(DOCKER) compose"; \
+	elif command -v docker-compose >/dev/null 2>&1; then echo docker-compose; fi)
+COMPOSE := $(COMPOSE)
+COMPOSE_PROJECT_NAME ?= echolab
+# Host port of the echo server (published on 127.0.0.1 only; ECHOLAB_BIND=0.0.0.0 opens it).
+ECHOLAB_HOST_PORT ?= 7007
+# Port inside the lab's network namespace (what `lab-sockets` and the restart check look at).
+ECHOLAB_PORT ?= 7007
+# `make lab-load`: how many loadgen containers, and their profile (compose.yaml has more knobs).
+LOAD_SCALE ?= 1
+ECHOLAB_LOAD_MODE ?= rate
+ECHOLAB_LOAD_CLIENTS ?= 64
+ECHOLAB_LOAD_DURATION ?= 10s
+# `make lab-restart-check`: clients held open across the restart; a JSON result file (optional).
+ECHOLAB_CHECK_CLIENTS ?= 8
+LAB_JSON ?=
+LAB_WAIT ?= 90
+LAB_LOGS_ARGS ?= --tail=100
+LAB_BUILD := docker/.build
+WHEELS := $(LAB_BUILD)/wheels
+# The lab's knobs go to Compose on its command line only: ECHOLAB_PORT exported to every recipe
+# would change what `echolab` itself does in the other targets' tests.
+LAB_COMPOSE = env BASE_IMAGE=$(BASE_IMAGE) ECHOLAB_VERSION=$(VERSION) ECHOLAB_PORT=$(ECHOLAB_PORT) \
+	ECHOLAB_HOST_PORT=$(ECHOLAB_HOST_PORT) ECHOLAB_LOAD_MODE=$(ECHOLAB_LOAD_MODE) \
+	ECHOLAB_LOAD_CLIENTS=$(ECHOLAB_LOAD_CLIENTS) ECHOLAB_LOAD_DURATION=$(ECHOLAB_LOAD_DURATION) \
+	ECHOLAB_CHECK_CLIENTS=$(ECHOLAB_CHECK_CLIENTS) $(COMPOSE) -p $(COMPOSE_PROJECT_NAME) -f compose.yaml
+# Every profile, so that `down` and `rm` reach the services outside the default set too.
+LAB_ALL = $(LAB_COMPOSE) --profile load --profile check
+LAB_IMAGES := echolab/server echolab/loadgen
+HADOLINT_FILES := docker/server/Dockerfile docker/loadgen/Dockerfile
 
-.PHONY: base-image docker-check
+.PHONY: docker-check compose-check base-image lab-wheels images lab-up lab-load \
+	lab-restart-check lab-sockets lab-logs lab-ps lab-down lab-clean test-lab
 
-# Every lab target depends on this: a clear message and a non-zero exit without an engine.
+# Every lab target depends on these: a clear message and a non-zero exit without an engine.
 docker-check:
 	@command -v $(DOCKER) >/dev/null || { echo "lab: '$(DOCKER)' not found: install Docker Engine to use the lab" >&2; exit 1; }
-	@$(DOCKER) info >/dev/null 2>&1 || { echo "lab: the Docker engine is unreachable (is dockerd running, may $$USER use it?)" >&2; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "lab: the Docker engine is unreachable (is dockerd running, may $${USER:-this user} use it?)" >&2; exit 1; }
+
+compose-check: docker-check
+	@test -n "$(COMPOSE)" || { echo "lab: neither 'docker compose' nor 'docker-compose' found: install the Compose plugin or docker-compose" >&2; exit 1; }
 
 base-image: docker-check ## Build echolab/base:bookworm with mmdebstrap from the host's apt sources (skips when present)
 	@if [ "$(BASE_IMAGE)" = echolab/base:bookworm ]; then \
 	  DOCKER=$(DOCKER) docker/base/build.sh --tag $(BASE_IMAGE) $(if $(BASE_INCLUDE),--include $(BASE_INCLUDE)); \
-	else echo "base-image: BASE_IMAGE=$(BASE_IMAGE) is not built here (pull it yourself)"; fi
+	else echo "base-image: using BASE_IMAGE=$(BASE_IMAGE) (pulled by docker build when missing)"; fi
 
-# Placeholder until the rest of the lab lands.
-.PHONY: test-lab
+# The wheelhouse: the project's wheel, built from a clean copy of the sources (no stale build/),
+# plus the wheels of the load extra. SOURCE_DATE_EPOCH makes the wheel byte-identical for
+# identical sources, so an unchanged tree hits Docker's layer cache.
+lab-wheels: venv
+	@rm -rf $(WHEELS) $(LAB_BUILD)/src && mkdir -p $(WHEELS) $(LAB_BUILD)/src
+	@tar -cf - --exclude='*.egg-info' --exclude=__pycache__ pyproject.toml app $(wildcard README.md LICENSE*) \
+	  | tar -xf - -C $(LAB_BUILD)/src
+	@SOURCE_DATE_EPOCH=315532800 $(PIP) wheel --quiet --wheel-dir $(WHEELS) '$(LAB_BUILD)/src[load]' \
+	  >$(LAB_BUILD)/wheels.log 2>&1 || { cat $(LAB_BUILD)/wheels.log >&2; exit 1; }
+	@echo "lab: wheelhouse $(WHEELS): $$(cd $(WHEELS) && echo *.whl)"
+
+images: docker-check base-image lab-wheels ## Build echolab/server and echolab/loadgen from the current sources (offline)
+	@for name in server loadgen; do \
+	  echo "lab: building echolab/$$name:$(VERSION) FROM $(BASE_IMAGE)"; \
+	  $(DOCKER) build --quiet --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg ECHOLAB_VERSION=$(VERSION) \
+	    -f docker/$$name/Dockerfile -t echolab/$$name:$(VERSION) -t echolab/$$name:latest . >/dev/null \
+	    || { echo "lab: building echolab/$$name failed" >&2; exit 1; }; \
+	done
+	@for image in $(BASE_IMAGE) $(foreach i,$(LAB_IMAGES),$(i):$(VERSION)); do \
+	  echo "  $$image  $$(( $$($(DOCKER) image inspect -f '{{.Size}}' $$image) / 1000000 )) MB"; done
+
+lab-up: compose-check images ## Build what is missing, start the server, wait until it is healthy
+	$(LAB_COMPOSE) up -d --remove-orphans server
+	@cid=$$($(LAB_COMPOSE) ps -q server); waited=0; \
+	while :; do \
+	  status=$$($(DOCKER) inspect -f '{{.State.Health.Status}}' $$cid 2>/dev/null || echo gone); \
+	  [ "$$status" = healthy ] && break; \
+	  if [ "$$status" = gone ] || [ "$$status" = unhealthy ] || [ $$waited -ge $(LAB_WAIT) ]; then \
+	    echo "lab: the server is $$status after $$waited s; its log:" >&2; $(DOCKER) logs --tail 30 $$cid >&2; exit 1; fi; \
+	  sleep 1; waited=$$((waited + 1)); \
+	done; echo "lab: the server is healthy (echolab/server:$(VERSION), 127.0.0.1:$(ECHOLAB_HOST_PORT))"
+	@echo "Try next:"
+	@echo "  make lab-load                      load it: 64 clients, 10 s, every byte verified"
+	@echo "  make lab-load LOAD_SCALE=3 ECHOLAB_LOAD_MODE=hold   three loadgen containers holding idle clients"
+	@echo "  make lab-restart-check             restart the server under TIME_WAIT and prove it rebinds"
+	@echo "  make lab-sockets                   the TCP sockets on the echo port, inside the lab"
+	@echo "  make lab-logs | lab-ps | lab-down"
+	@echo "  .venv/bin/echolab probe --target 127.0.0.1:$(ECHOLAB_HOST_PORT)   from the host"
+
+lab-load: compose-check ## Run LOAD_SCALE loadgen containers (ECHOLAB_LOAD_MODE/CLIENTS/DURATION) and check each verdict
+	@$(LAB_ALL) rm -fsv loadgen >/dev/null 2>&1 || true
+	$(LAB_COMPOSE) --profile load up --scale loadgen=$(LOAD_SCALE) loadgen
+	@ids=$$($(DOCKER) ps -aq --filter label=com.docker.compose.project=$(COMPOSE_PROJECT_NAME) \
+	  --filter label=com.docker.compose.service=loadgen); \
+	test -n "$$ids" || { echo "lab-load: no loadgen container ran" >&2; exit 1; }; \
+	failed=0; for id in $$ids; do \
+	  set -- $$($(DOCKER) inspect -f '{{.Name}} {{.State.ExitCode}}' $$id); \
+	  echo "lab-load: $${1#/} exited $$2"; [ "$$2" = 0 ] || failed=1; \
+	done; exit $$failed
+
+lab-restart-check: compose-check ## Stop+start the server with clients connected; prove TIME_WAIT lingered and it rebound
+	@$(PYTHON) scripts/lab_restart_check.py --compose "$(LAB_COMPOSE)" --port $(ECHOLAB_PORT) \
+	  --clients $(ECHOLAB_CHECK_CLIENTS) $(if $(LAB_JSON),--json $(LAB_JSON))
+
+lab-sockets: compose-check ## The TCP sockets on the echo port, read inside the lab's network namespace
+	@$(LAB_COMPOSE) exec -T netns echolab sockets --port $(ECHOLAB_PORT)
+
+lab-logs: compose-check ## The lab's logs (LAB_LOGS_ARGS='-f' to follow)
+	@$(LAB_ALL) logs $(LAB_LOGS_ARGS)
+
+lab-ps: compose-check ## The lab's containers
+	@$(LAB_ALL) ps
+
+lab-down: compose-check ## Stop and remove the lab's containers, networks and volumes
+	$(LAB_ALL) down --volumes --remove-orphans --timeout 15
+
+lab-clean: lab-down ## lab-down, then remove the echolab images and the wheelhouse
+	-$(DOCKER) image rm $$($(DOCKER) image ls -q 'echolab/*' | sort -u) 2>/dev/null
+	rm -rf $(LAB_BUILD)
+
 test-lab: venv ## Lab tests: build images, compose up, load, restart-check, hardening, down
-	@echo "test-lab: not written yet" >&2; exit 1
+	$(PY) -m pytest tests/lab $(PYTEST_ARGS)
+
+lint-extra:: venv
+	$(VENV)/bin/hadolint $(HADOLINT_FILES)
+	$(VENV)/bin/ruff check scripts
+	$(VENV)/bin/ruff format --check scripts
