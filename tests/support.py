@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +56,12 @@ class ServerProc:
                 if m:
                     return m
             if time.monotonic() > deadline:
-                raise AssertionError(f"no line matching {pattern!r} in {timeout}s; log:\n{self.log}")
-            if self.proc.poll() is not None and (self._reader is None or not self._reader.is_alive()):
+                raise AssertionError(
+                    f"no line matching {pattern!r} in {timeout}s; log:\n{self.log}"
+                )
+            if self.proc.poll() is not None and (
+                self._reader is None or not self._reader.is_alive()
+            ):
                 raise AssertionError(f"server exited {self.proc.returncode}; log:\n{self.log}")
             time.sleep(0.02)
 
@@ -86,6 +90,7 @@ def start_server(
     env: dict[str, str] | None = None,
     wait: bool = True,
     timeout: float = 10.0,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> ServerProc:
     """Start `echolab serve ARGS` (default --host 127.0.0.1 --port 0) and wait until it listens."""
     argv = list(args)
@@ -102,6 +107,7 @@ def start_server(
         text=True,
         env=full_env,
         cwd=ROOT,
+        preexec_fn=preexec_fn,
     )
     sp = ServerProc(proc)
     sp._reader = threading.Thread(target=_pump, args=(sp,), daemon=True)
@@ -199,8 +205,9 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: s
         time.sleep(interval)
 
 
-def run_echolab(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None,
-                input: str | None = None) -> subprocess.CompletedProcess[str]:  # noqa: A002
+def run_echolab(
+    *args: str, timeout: float = 60.0, env: dict[str, str] | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run an echolab subcommand to completion and capture its output."""
     return subprocess.run(
         echolab_cmd(*args),
@@ -218,10 +225,51 @@ def ss_time_wait(port: int) -> int | None:
     try:
         out = subprocess.run(
             ["ss", "-Htan", "state", "time-wait", f"( sport = :{port} )"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     return sum(1 for line in out.splitlines() if line.strip())
 
 
+def require(condition: bool, reason: str) -> None:
+    """Skip a test whose precondition this machine lacks; under CI=true that is a failure."""
+    import pytest
+
+    if condition:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(reason)
+
+
+@contextmanager
+def pids_cgroup(limit: int) -> Iterator[str]:
+    """A cgroup v1 pids cgroup holding at most `limit` tasks; yields its cgroup.procs path."""
+    root = "/sys/fs/cgroup/pids"
+    require(
+        os.geteuid() == 0 and os.access(root, os.W_OK),
+        "needs root and a writable cgroup v1 pids controller",
+    )
+    path = f"{root}/echolab-test-{os.getpid()}-{time.monotonic_ns()}"
+    os.mkdir(path)
+    try:
+        with open(f"{path}/pids.max", "w") as f:
+            f.write(str(limit))
+        yield f"{path}/cgroup.procs"
+    finally:
+        with open(f"{path}/cgroup.procs") as f:
+            for pid in f.read().split():
+                kill_tree(int(pid))
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
