@@ -774,8 +774,8 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
     rows = render_summary(summary)
     if out.isatty():
         try:
-            from rich.console import Console  # noqa: PLC0415 - optional, only on a terminal
-            from rich.table import Table  # noqa: PLC0415
+            from rich.console import Console
+            from rich.table import Table
         except ImportError:
             pass
         else:
@@ -810,8 +810,8 @@ class _Progress:
         self.period = 1.0 if total <= 60 or by_count else 10.0
         if enabled and out.isatty():
             try:
-                from rich.console import Console  # noqa: PLC0415 - optional, only on a terminal
-                from rich.progress import (  # noqa: PLC0415
+                from rich.console import Console
+                from rich.progress import (
                     BarColumn,
                     Progress,
                     TextColumn,

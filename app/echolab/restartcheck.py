@@ -46,7 +46,10 @@ from echolab.tcpstate import read_sockets, write_json
 
 PROBE_INTERVAL = 0.005  # s between the prober's connection attempts ("every few ms")
 PROBE_TIMEOUT = 0.25  # s a probe connect may take before it counts as a timeout
-BIND_WITHIN = 1.0  # s: with SO_REUSEADDR the new server must listen this soon after the old one
+# With SO_REUSEADDR the new server must listen this soon after the old one is gone, on top of
+# the interpreter's start-up (local mode measures it: the first start's time to listen; under
+# a loaded CI machine a Python start alone can take over a second).
+BIND_WITHIN = 1.0
 SETTLE = 0.5  # s to let the last FIN/ACK exchanges land before TIME_WAIT is counted
 LISTENING = re.compile(r"listening on (\[?[0-9a-fA-F:.]+\]?):(\d+)")
 PAYLOAD = b"echolab restart-check\n"
@@ -331,6 +334,20 @@ def wait_for_echo(
     return None
 
 
+def interpreter_startup_ms() -> float:
+    """How long a Python start-up of echolab takes on this host right now (the baseline a
+    managed restart's bind time is judged against: we cannot see the manager start it)."""
+    started = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-m", "echolab", "--version"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
+    return (time.monotonic() - started) * 1000
+
+
 def resolve(host: str, port: int) -> tuple[int, tuple[Any, ...]]:
     """The first address of host:port (exit 2 when it does not resolve)."""
     try:
@@ -391,6 +408,7 @@ def run_local(args: argparse.Namespace, report: Report) -> None:
         report.target = format_address(host, port)
         family, sockaddr = resolve(host, port)
         report.details["old_pid"] = old.proc.pid
+        report.details["startup_ms"] = round((old.listen_at - old.started) * 1000, 1)
         clients = IdleClients(family, sockaddr, args.clients, timeout)
         if args.close_first == "client":
             clients.close_all()
@@ -410,10 +428,12 @@ def run_local(args: argparse.Namespace, report: Report) -> None:
         # Children end before the parent exits; their last FINs may still be in flight.
         while clients.open and time.monotonic() < t_gone + SETTLE:
             clients.poll(0.002)
+        # The port is free once the last session is closed.
+        t_gone = max(t_gone, clients.last_close)
         report.stop_ms = (t_gone - t_stop) * 1000
         report.closed_by_server, report.reset_by_server = clients.by_server, clients.resets
-        _count_into(report, port, clients)
-        # The restart, at once.
+        # The restart, at once. TIME_WAIT lasts 60 s: counted once the new server has bound
+        # (or failed to), the figure is the one the bind faced.
         new = ServeProcess(host, port, reuseaddr=not args.no_reuseaddr)
         report.details["new_pid"] = new.proc.pid
         rc = new.wait_ready(timeout)
@@ -429,6 +449,7 @@ def run_local(args: argparse.Namespace, report: Report) -> None:
             report.restart_output = new.last_line()
             t_up = None
         prober.stop()
+        _count_into(report, port, clients)
         report.refused_during_restart = prober.count(t_stop, t_up or float("inf"), "refused")
         report.probe_attempts = prober.count(t_stop, t_up or float("inf"))
     finally:
@@ -471,6 +492,7 @@ def run_managed(args: argparse.Namespace, report: Report) -> None:
     family, sockaddr = resolve(host, port)
     local = is_local_address(family, sockaddr)
     report.details["target_is_local"] = local
+    report.details["startup_ms"] = round(interpreter_startup_ms(), 1)
     clients = IdleClients(family, sockaddr, args.clients, min(timeout, 5.0))
     prober: Prober | None = None
     proc: subprocess.Popen[str] | None = None
@@ -513,6 +535,8 @@ def run_managed(args: argparse.Namespace, report: Report) -> None:
         t_gone = clients.last_close if not clients.open and clients.last_close else None
         if t_gone is not None:
             report.stop_ms = (t_gone - t_stop) * 1000
+        # A restart command that failed will not bring the server back: stop waiting.
+        t_up = wait_for_echo(family, sockaddr, deadline, lambda: bool(proc.poll()))
         if local:
             _count_into(report, port, clients)
         else:
@@ -521,8 +545,6 @@ def run_managed(args: argparse.Namespace, report: Report) -> None:
                 "TIME_WAIT sockets cannot be read from here: run restart-check on the "
                 "server's host"
             )
-        # A restart command that failed will not bring the server back: stop waiting.
-        t_up = wait_for_echo(family, sockaddr, deadline, lambda: bool(proc.poll()))
         try:
             rc = proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -558,7 +580,9 @@ def run_managed(args: argparse.Namespace, report: Report) -> None:
 def judge(report: Report) -> int:
     """Fill in verdict and reason; return the exit status (0 pass, 1 fail, 3 invalid)."""
     report.expected = (
-        f"bind within {BIND_WITHIN:g} s" if report.reuseaddr else "EADDRINUSE (no SO_REUSEADDR)"
+        f"bind within {BIND_WITHIN:g} s (+ start-up)"
+        if report.reuseaddr
+        else "EADDRINUSE (no SO_REUSEADDR)"
     )
     tw = report.time_wait_at_restart
     if not tw:
@@ -591,7 +615,9 @@ def judge(report: Report) -> int:
         return EXIT_INVALID_RUN
     lingering = f"{tw} TIME_WAIT socket(s) lingered on the server's port"
     if report.reuseaddr:
-        quick = report.rebind_ms is not None and report.rebind_ms <= BIND_WITHIN * 1000
+        allowed = BIND_WITHIN * 1000 + float(report.details.get("startup_ms", 0.0))
+        report.details["rebind_allowed_ms"] = round(allowed, 1)
+        quick = report.rebind_ms is not None and report.rebind_ms <= allowed
         if report.rebind == "ok" and quick and report.restart_ms is not None:
             report.verdict = "pass"
             report.reason = (
@@ -603,7 +629,10 @@ def judge(report: Report) -> int:
         if report.rebind != "ok":
             report.reason = f"{lingering}; expected a bind, got {report.rebind}"
         elif not quick:
-            report.reason = f"{lingering}; bound only after {report.rebind_ms or 0:.0f} ms"
+            report.reason = (
+                f"{lingering}; bound only after {report.rebind_ms or 0:.0f} ms "
+                f"(allowed: {allowed:.0f} ms)"
+            )
         else:
             report.reason = f"{lingering}; it bound but never echoed"
         return EXIT_FAILED
@@ -650,8 +679,8 @@ def print_report(r: Report, out: TextIO) -> None:
     rows = render_rows(r)
     if out.isatty():
         try:
-            from rich.console import Console  # noqa: PLC0415 - optional, only on a terminal
-            from rich.table import Table  # noqa: PLC0415
+            from rich.console import Console
+            from rich.table import Table
         except ImportError:
             pass
         else:

@@ -1,0 +1,167 @@
+"""`echolab sockets --port P` against what `ss` shows for the same port."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from echolab import tcpstate
+from tests.support import connect, run_echolab, running_server, ss_time_wait, wait_until
+
+SS_STATES = {
+    "ESTAB": "ESTABLISHED",
+    "TIME-WAIT": "TIME_WAIT",
+    "FIN-WAIT-1": "FIN_WAIT_1",
+    "FIN-WAIT-2": "FIN_WAIT_2",
+    "CLOSE-WAIT": "CLOSE_WAIT",
+    "LAST-ACK": "LAST_ACK",
+    "LISTEN": "LISTEN",
+    "SYN-SENT": "SYN_SENT",
+    "SYN-RECV": "SYN_RECV",
+    "CLOSING": "CLOSING",
+}
+
+needs_ss = pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) is not installed")
+
+
+def ss_sockets(port: int) -> Counter[tuple[str, str, str]]:
+    """(state, local, remote) of every TCP socket with `port` at either end, as ss shows them."""
+    out = subprocess.run(
+        ["ss", "-Htan", f"( sport = :{port} or dport = :{port} )"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    seen: Counter[tuple[str, str, str]] = Counter()
+    for line in out.splitlines():
+        fields = line.split()
+        state, local, remote = fields[0], fields[3], fields[4]
+        remote = re.sub(r":\*$", ":0", remote)
+        seen[(SS_STATES.get(state, state), local, remote)] += 1
+    return seen
+
+
+def ours(port: int) -> tuple[Counter[tuple[str, str, str]], dict[str, object]]:
+    proc = run_echolab("sockets", "--port", str(port), "--json", "-")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    sockets = report["sockets"]
+    return Counter((s["state"], s["local"], s["remote"]) for s in sockets), report
+
+
+@pytest.fixture
+def states_zoo() -> Iterator[int]:
+    """A port with LISTEN (v4 and v6), ESTABLISHED, server-side TIME_WAIT and CLOSE_WAIT, and
+    the client-side FIN_WAIT_2 that goes with the CLOSE_WAIT."""
+    keep: list[socket.socket] = []
+    v4 = socket.socket()
+    v4.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    v4.bind(("127.0.0.1", 0))
+    v4.listen()
+    port = v4.getsockname()[1]
+    v6 = socket.socket(socket.AF_INET6)
+    v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    v6.bind(("::1", port))
+    v6.listen()
+    keep += [v4, v6]
+    for listener, host in ((v4, "127.0.0.1"), (v6, "::1")):  # ESTABLISHED both ways
+        c = socket.create_connection((host, port))
+        a, _ = listener.accept()
+        keep += [c, a]
+    for _ in range(2):  # the server closes first, the client answers: server-side TIME_WAIT
+        c = socket.create_connection(("127.0.0.1", port))
+        a, _ = v4.accept()
+        a.close()
+        assert c.recv(1) == b""
+        c.close()
+    c = socket.create_connection(("127.0.0.1", port))  # the client closes, the server not yet
+    a, _ = v4.accept()
+    c.close()
+    keep.append(a)
+    wait_until(lambda: tcpstate.count_states(port).get("TIME_WAIT", 0) == 2, 5, what="TIME_WAIT")
+    wait_until(lambda: tcpstate.count_states(port).get("CLOSE_WAIT", 0) == 1, 5, what="CLOSE_WAIT")
+    try:
+        yield port
+    finally:
+        for s in keep:
+            s.close()
+
+
+@needs_ss
+def test_json_view_matches_ss_socket_for_socket(states_zoo: int) -> None:
+    port = states_zoo
+    mine, report = ours(port)
+    assert mine == ss_sockets(port)
+    assert report["server_side"] == {
+        "LISTEN": 2,
+        "ESTABLISHED": 2,
+        "CLOSE_WAIT": 1,
+        "TIME_WAIT": 2,
+    }
+    assert report["client_side"] == {"ESTABLISHED": 2, "FIN_WAIT_2": 1}
+
+
+def test_json_fields_and_time_wait_timer(states_zoo: int) -> None:
+    _, report = ours(states_zoo)
+    tw = [s for s in report["sockets"] if s["state"] == "TIME_WAIT"]
+    assert len(tw) == 2
+    for s in tw:
+        assert s["side"] == "server" and s["timer"] == "time_wait"
+        assert 50 < s["timer_s"] <= 60
+        assert s["pids"] == []  # nobody holds a TIME_WAIT socket
+    listeners = [s for s in report["sockets"] if s["state"] == "LISTEN"]
+    assert {s["family"] for s in listeners} == {"ipv4", "ipv6"}
+    assert all(s["pids"] == [os.getpid()] for s in listeners)
+
+
+def test_text_view_lists_states_and_time_left(states_zoo: int) -> None:
+    proc = run_echolab("sockets", "--port", str(states_zoo))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"TCP sockets on port {states_zoo}" in out
+    assert "LISTEN 2, ESTABLISHED 2, CLOSE_WAIT 1, TIME_WAIT 2" in out
+    row = rf"server +TIME_WAIT +127\.0\.0\.1:{states_zoo} +127\.0\.0\.1:\d+ +\d+\.\ds left"
+    assert re.search(row, out)
+    assert re.search(r"client +FIN_WAIT_2 ", out)
+
+
+@needs_ss
+def test_after_a_server_stop_with_clients_connected() -> None:
+    """The lab's lesson seen through `echolab sockets`: stop the server while clients are
+    connected and TIME_WAIT sits on the server's port, as `ss` confirms."""
+    with running_server("--grace", "0") as srv:
+        port = srv.port
+        clients = [connect(port) for _ in range(3)]
+        for c in clients:
+            c.sendall(b"hi")
+            assert c.recv(2) == b"hi"
+        srv.proc.terminate()
+        for c in clients:
+            assert c.recv(1) == b""  # the server's FIN
+            c.close()
+        srv.proc.wait(10)
+    deadline = time.monotonic() + 5
+    while tcpstate.time_wait_count(port) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    _, report = ours(port)
+    assert report["server_side"] == {"TIME_WAIT": 3}
+    assert ss_time_wait(port) == 3
+
+
+def test_empty_port_and_bad_port() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: not in /proc/net/tcp as LISTEN
+        proc = run_echolab("sockets", "--port", str(port))
+    assert proc.returncode == 0
+    assert f"server side (local port {port}): none" in proc.stdout
+    bad = run_echolab("sockets", "--port", "70000")
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr
