@@ -186,6 +186,7 @@ class Shared:
 def _worker_main(plan: Plan, shared: Shared, ready: Any, go: Any, conn: Connection) -> None:
     """Entry point of a worker process: wait for the start, run the mode's loop, report."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through stop_flag
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     stats = Stats()
     try:
         _raise_nofile(plan.clients + 64)
@@ -214,6 +215,8 @@ class _Publisher:
     """Copies a worker's running tallies into shared memory every COUNTER_PERIOD."""
 
     def __init__(self, shared: Shared, index: int, stats: Stats) -> None:
+        self.shared = shared
+        self.parent = os.getppid()
         self.counters = shared.counters
         self.base = index * N_COUNTERS
         self.stats = stats
@@ -223,6 +226,8 @@ class _Publisher:
         if now < self.next_at and not force:
             return
         self.next_at = now + COUNTER_PERIOD
+        if os.getppid() != self.parent:  # the parent is gone (killed): stop, don't load on
+            self.shared.stop_flag.value = 1
         s, c, b = self.stats, self.counters, self.base
         c[b + C_OK] = s.ok
         c[b + C_ERRORS] = sum(s.errors.values())
@@ -889,6 +894,8 @@ def run(args: argparse.Namespace) -> int:
         )
         for i in range(n_workers)
     ]
+    # SIGTERM ends a run like Ctrl-C: the workers stop, the figures so far are reported.
+    signal.signal(signal.SIGTERM, _interrupt)
     summary_out = sys.stderr if args.json_file == "-" else sys.stdout
     progress_out = sys.stderr
     merged, interrupted = _drive(
@@ -909,6 +916,10 @@ def run(args: argparse.Namespace) -> int:
     if interrupted:
         return 130
     return EXIT_OK if summary["passed"] else EXIT_FAILED
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _drive(
