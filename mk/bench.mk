@@ -14,12 +14,14 @@ BENCH_STREAM_SECONDS ?= 3
 BENCH_IDLE_CLIENTS ?= 200
 BENCH_REPEATS ?= 3
 BENCH_ARGS ?=
+# matplotlib lives in a venv of its own: the benchmark's venv must stay clean.
+BENCH_PLOT_VENV ?= .venv-bench-plot
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_TOOLS := $(BENCH_BIN)/echo_server $(BENCH_BIN)/echo_load
 BENCH_RUN = $(PYTHON) bench/run.py --python $(BENCH_PY) --bin $(BENCH_BIN) --out $(BENCH_OUT) \
 	--peers $(BENCH_PEERS)
 
-.PHONY: bench bench-smoke bench-tools bench-venv bench-clean
+.PHONY: bench bench-smoke bench-plot bench-tools bench-venv bench-clean
 
 $(BENCH_BIN)/%: bench/c/%.c
 	@mkdir -p $(BENCH_BIN)
@@ -47,8 +49,16 @@ bench: $(BENCH_TOOLS) $(BENCH_VENV)/.installed ## Benchmark echolab serve agains
 bench-smoke: $(BENCH_TOOLS) $(BENCH_VENV)/.installed ## Run the benchmark with tiny sizes (~20 s; checks it works, figures mean nothing)
 	$(BENCH_RUN) --quick $(BENCH_ARGS)
 
-bench-clean: ## Remove the benchmark's binaries, venv and results
-	rm -rf $(BENCH_BIN) $(BENCH_VENV) $(BENCH_OUT)
+$(BENCH_PLOT_VENV)/.installed:
+	$(PYTHON) -m venv $(BENCH_PLOT_VENV)
+	PIP_DISABLE_PIP_VERSION_CHECK=1 $(BENCH_PLOT_VENV)/bin/pip install --quiet matplotlib
+	@touch $@
+
+bench-plot: $(BENCH_PLOT_VENV)/.installed ## Draw the last benchmark as bench/results/latest.png (installs matplotlib in its own venv)
+	$(BENCH_PLOT_VENV)/bin/python bench/plot.py $(BENCH_OUT)/latest.json $(BENCH_OUT)/latest.png
+
+bench-clean: ## Remove the benchmark's binaries, venvs and results
+	rm -rf $(BENCH_BIN) $(BENCH_VENV) $(BENCH_PLOT_VENV) $(BENCH_OUT)
 
 lint-extra:: venv
 	$(BENCH_CC) $(BENCH_CFLAGS) -fsyntax-only bench/c/echo_server.c bench/c/echo_load.c
