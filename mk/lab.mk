@@ -96,7 +96,7 @@ lab-up: compose-check images ## Build what is missing, start the server, wait un
 
 lab-load: compose-check ## Run LOAD_SCALE loadgen containers (ECHOLAB_LOAD_MODE/CLIENTS/DURATION) and check each verdict
 	@$(LAB_ALL) rm -fsv loadgen >/dev/null 2>&1 || true
-	$(LAB_COMPOSE) --profile load up --scale loadgen=$(LOAD_SCALE) loadgen
+	$(LAB_COMPOSE) --profile load up --no-color --scale loadgen=$(LOAD_SCALE) loadgen
 	@ids=$$($(DOCKER) ps -aq --filter label=com.docker.compose.project=$(COMPOSE_PROJECT_NAME) \
 	  --filter label=com.docker.compose.service=loadgen); \
 	test -n "$$ids" || { echo "lab-load: no loadgen container ran" >&2; exit 1; }; \

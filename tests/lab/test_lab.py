@@ -1,0 +1,307 @@
+"""The container lab end to end, through make: build, up, load, restart check, hardening, down.
+
+Runs a Compose project of its own (`echolabtest`, on a free host port) so that a lab a person
+has running is left alone. Needs a Docker engine: without one it skips, and under CI=true it
+fails. Under CI=true the server and loadgen images are removed first, so that make builds them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import ROOT, require
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+PROJECT = "echolabtest"
+DOCKER = os.environ.get("DOCKER", "docker")
+MAX_CHILDREN = 512  # compose.yaml's default --max-children
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def version() -> str:
+    for line in (ROOT / "pyproject.toml").read_text().splitlines():
+        if line.startswith("version = "):
+            return line.split('"')[1]
+    raise AssertionError("no version in pyproject.toml")
+
+
+def wheel_files(wheelhouse: Path, tag: str) -> dict[str, bytes]:
+    """The package's .py files in the echolab wheel of the wheelhouse, by path."""
+    with zipfile.ZipFile(wheelhouse / f"echolab-{tag}-py3-none-any.whl") as whl:
+        return {
+            n: whl.read(n) for n in whl.namelist() if n.startswith("echolab/") and n.endswith(".py")
+        }
+
+
+def docker(
+    *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [DOCKER, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check:
+        assert proc.returncode == 0, f"docker {' '.join(args)}: {proc.stderr}"
+    return proc
+
+
+def engine_reachable() -> bool:
+    if shutil.which(DOCKER) is None:
+        return False
+    return docker("info", check=False, timeout=30).returncode == 0
+
+
+def compose_available() -> bool:
+    if docker("compose", "version", check=False, timeout=30).returncode == 0:
+        return True
+    return shutil.which("docker-compose") is not None
+
+
+class Lab:
+    """Runs the lab's make targets for the test project and inspects what they made."""
+
+    def __init__(self, host_port: int) -> None:
+        self.host_port = host_port
+        self.vars = [f"COMPOSE_PROJECT_NAME={PROJECT}", f"ECHOLAB_HOST_PORT={host_port}"]
+
+    def make(
+        self, target: str, *extra: str, timeout: float = 600, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["make", "--no-print-directory", target, *self.vars, *extra],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, **(env or {})},
+        )
+
+    def containers(self, service: str | None = None, all_states: bool = True) -> list[str]:
+        args = ["ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"]
+        if service:
+            args += ["--filter", f"label=com.docker.compose.service={service}"]
+        if all_states:
+            args.append("-a")
+        return docker(*args).stdout.split()
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        data: list[dict[str, Any]] = json.loads(docker("inspect", ref).stdout)
+        return data[0]
+
+    def server(self) -> str:
+        ids = self.containers("server", all_states=False)
+        assert len(ids) == 1, f"expected one running server container, found {ids}"
+        return ids[0]
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> str:
+    """Assert a make run succeeded; return its output."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{out[-4000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    require(shutil.which(DOCKER) is not None, f"'{DOCKER}' is not installed")
+    require(engine_reachable(), "the Docker engine is unreachable")
+    require(compose_available(), "neither 'docker compose' nor 'docker-compose' is installed")
+    the_lab = Lab(free_port())
+    the_lab.make("lab-down")  # leftovers of an interrupted run
+    if os.environ.get("CI", "").lower() == "true":
+        # Start from an engine without the project's images: make must build them.
+        images = docker(
+            "image", "ls", "-q",
+            "--filter", "reference=echolab/server", "--filter", "reference=echolab/loadgen",
+        ).stdout.split()  # fmt: skip
+        if images:
+            docker("image", "rm", "--force", *sorted(set(images)))
+    try:
+        yield the_lab
+    finally:
+        the_lab.make("lab-down")
+
+
+@pytest.fixture(scope="module")
+def up(lab: Lab) -> Lab:
+    out = ok(lab.make("lab-up"))
+    assert "the server is healthy" in out
+    assert "make lab-load" in out  # what to try next
+    return lab
+
+
+def test_without_an_engine_every_lab_target_says_so_and_fails() -> None:
+    for target in ("lab-up", "images", "lab-down", "base-image"):
+        proc = subprocess.run(
+            ["make", "--no-print-directory", target, "DOCKER=/nonexistent/docker"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert proc.returncode != 0, target
+        assert "'/nonexistent/docker' not found" in proc.stderr, proc.stderr
+    require(shutil.which(DOCKER) is not None, f"'{DOCKER}' is not installed")
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "lab-up"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"},
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "the Docker engine is unreachable" in proc.stderr, proc.stderr
+
+
+def test_images_hold_the_current_sources_and_run_as_non_root(up: Lab) -> None:
+    tag = version()
+    server = up.inspect(f"echolab/server:{tag}")
+    assert server["Config"]["User"] == "10001:10001"
+    assert server["Config"]["Entrypoint"] == ["echolab", "serve"]
+    assert server["Config"]["StopSignal"] == "SIGTERM"
+    assert "echolab probe" in " ".join(server["Config"]["Healthcheck"]["Test"])
+    assert up.inspect(f"echolab/loadgen:{tag}")["Config"]["Entrypoint"] == ["echolab", "load"]
+    # The installed package is byte for byte the wheel this make run built, and (in CI, where
+    # nobody edits the tree meanwhile) that wheel holds the working tree's sources.
+    wheel = {
+        Path(name).name: hashlib.sha256(data).hexdigest()
+        for name, data in wheel_files(ROOT / "docker" / ".build" / "wheels", tag).items()
+    }
+    script = (
+        "import hashlib, json, pathlib, echolab; d = pathlib.Path(echolab.__file__).parent; "
+        "print(json.dumps({p.name: hashlib.sha256(p.read_bytes()).hexdigest() "
+        "for p in d.glob('*.py')}))"
+    )
+    for image in ("server", "loadgen"):
+        out = docker(
+            "run", "--rm", "--entrypoint", "python3", f"echolab/{image}:{tag}", "-c", script
+        ).stdout
+        assert json.loads(out) == wheel, f"echolab/{image} does not hold the wheel make built"
+    if os.environ.get("CI", "").lower() == "true":
+        local = {
+            p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in (ROOT / "app" / "echolab").glob("*.py")
+        }
+        assert wheel == local, "the wheel was not built from the working tree"
+    out = docker(
+        "run", "--rm", "--entrypoint", "python3", f"echolab/loadgen:{tag}", "-c",
+        "import rich, sys; print(sys.version_info >= (3, 11))",
+    ).stdout  # fmt: skip
+    assert out.strip() == "True"
+
+
+def test_server_is_healthy_and_published_on_loopback_only(up: Lab) -> None:
+    server = up.inspect(up.server())
+    assert server["State"]["Health"]["Status"] == "healthy"
+    netns_id = server["HostConfig"]["NetworkMode"].removeprefix("container:")
+    netns = up.inspect(netns_id)
+    assert netns["Config"]["Labels"]["com.docker.compose.service"] == "netns"
+    bindings = netns["HostConfig"]["PortBindings"]["7007/tcp"]
+    assert bindings == [{"HostIp": "127.0.0.1", "HostPort": str(up.host_port)}]
+    # An echo round trip from the host, through the published port.
+    with socket.create_connection(("127.0.0.1", up.host_port), timeout=5) as sock:
+        payload = os.urandom(4096)
+        sock.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            chunk = sock.recv(65536)
+            assert chunk, "the server closed before echoing everything"
+            got += chunk
+        assert got == payload
+
+
+def test_hardening_as_docker_inspect_and_the_kernel_see_it(up: Lab) -> None:
+    cid = up.server()
+    host = up.inspect(cid)["HostConfig"]
+    assert up.inspect(cid)["Config"]["User"] == "10001:10001"
+    assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]
+    assert host["ReadonlyRootfs"] is True
+    assert "no-new-privileges:true" in host["SecurityOpt"]
+    assert host["PidsLimit"] > MAX_CHILDREN
+    assert host["Memory"] > 0
+    assert host["Init"] in (None, False)  # the server is PID 1 and reaps its children itself
+    status = docker("exec", cid, "cat", "/proc/1/status").stdout
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    assert fields["Uid"].split()[:2] == ["10001", "10001"]
+    assert fields["CapEff"].strip() == "0000000000000000"
+    assert fields["CapBnd"].strip() == "0000000000000000"
+    assert fields["NoNewPrivs"].strip() == "1"
+    assert "echolab serve" in docker("exec", cid, "cat", "/proc/1/cmdline").stdout.replace(
+        "\0", " "
+    )
+    write = docker("exec", cid, "touch", "/opt/echolab/x", check=False)
+    assert write.returncode != 0 and "Read-only file system" in write.stderr
+
+
+def test_load_from_two_loadgen_containers_verifies_every_byte(up: Lab) -> None:
+    out = ok(
+        up.make(
+            "lab-load",
+            "LOAD_SCALE=2",
+            "ECHOLAB_LOAD_DURATION=3s",
+            "ECHOLAB_LOAD_CLIENTS=32",
+            timeout=300,
+        )
+    )
+    verdicts = [line for line in out.splitlines() if line.startswith("lab-load: ")]
+    assert len(verdicts) == 2 and all(v.endswith("exited 0") for v in verdicts), out[-3000:]
+    summaries = [line for line in out.splitlines() if "connections ok" in line]
+    assert len(summaries) == 2, out[-3000:]
+    for line in summaries:
+        assert int(line.split("connections ok")[1].split()[0].replace(",", "")) > 0
+    errors = [line for line in out.splitlines() if re.search(r"\|\s+errors\s", line)]
+    assert len(errors) == 2 and all(re.search(r"errors\s+0 \(none\)", e) for e in errors), errors
+    # PID 1 reaped every child: no zombie is left in the server's container.
+    ps = docker("exec", up.server(), "ps", "-eo", "pid=,stat=,comm=").stdout
+    assert not [line for line in ps.splitlines() if line.split()[1].startswith("Z")], ps
+
+
+def test_restart_check_rebinds_while_time_wait_lingers(up: Lab, tmp_path: Path) -> None:
+    result_file = tmp_path / "restart.json"
+    out = ok(up.make("lab-restart-check", f"LAB_JSON={result_file}", timeout=300))
+    result = json.loads(result_file.read_text())
+    assert result["verdict"] == "PASS", out
+    assert result["netns_kept"] is True
+    assert result["established_before_stop"] >= 1
+    # The precondition first: server-side TIME_WAIT present with no listener, and still there
+    # (same sockets) after the new server bound.
+    assert result["time_wait_after_stop"] >= 1 and result["listen_after_stop"] == 0
+    assert result["time_wait_at_restart"] >= 1
+    assert all(0 < left <= 60 for left in result["time_wait_left_s"])
+    # Then the outcome: SO_REUSEADDR off fails, on binds.
+    assert result["control_no_reuseaddr"] == "EADDRINUSE"
+    assert "already in use" in result["control_line"]
+    assert result["rebind"] == "ok" and result["listen_after_start"] == 1
+    assert "listening on 0.0.0.0:7007" in result["listening_line"]
+    assert "PASS" in out and "TIME_WAIT at the bind" in out
+    # The lab is left running and healthy.
+    assert up.inspect(up.server())["State"]["Health"]["Status"] == "healthy"
+
+
+def test_sockets_view_runs_inside_the_lab(up: Lab) -> None:
+    out = ok(up.make("lab-sockets"))
+    assert "TCP sockets on port 7007" in out
+    assert "LISTEN 1" in out
+
+
+def test_down_leaves_no_container_or_network(up: Lab) -> None:
+    ok(up.make("lab-down"))
+    assert up.containers() == []
+    networks = docker(
+        "network", "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"
+    ).stdout.split()
+    assert networks == []
+    assert docker("network", "inspect", f"{PROJECT}_default", check=False).returncode != 0
