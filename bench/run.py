@@ -249,6 +249,16 @@ def error_count(data: dict[str, object]) -> int:
 # ----- memory ------------------------------------------------------------------------------
 
 
+def own_cpu_us(pid: int) -> float | None:
+    """CPU microseconds used by one process itself (utime + stime, not its children)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) * 1e6 / os.sysconf("SC_CLK_TCK")
+
+
 def children_of(pid: int) -> list[int]:
     """Live (non-zombie) child processes of `pid`, from /proc/*/stat."""
     found = []
@@ -549,12 +559,20 @@ def measure_peer(
             [client, "rate", server.target, str(args.warmup), "8", str(PAYLOAD)], timeout=120
         )
         for k in args.inflight:
-            cpu0 = server.cpu.usage_us()
+            cpu0, parent0 = server.cpu.usage_us(), own_cpu_us(server.proc.pid)
             data = run_client(
                 [client, "rate", server.target, str(args.connections), str(k), str(PAYLOAD)],
                 timeout=600,
             )
-            cpu1 = server.cpu.usage_us()
+            cpu1, parent1 = server.cpu.usage_us(), own_cpu_us(server.proc.pid)
+            if parent0 is not None and parent1 is not None:
+                # The parent accepts and forks serially: its CPU per connection caps the rate.
+                res.add(
+                    peer.key,
+                    f"parent_cpu_rate_{k}",
+                    (parent1 - parent0) / args.connections,
+                    {"cpu_us": parent1 - parent0},
+                )
             value = float(data["conn_per_s"])
             res.add(peer.key, f"rate_{k}", value, data)
             cpu_text = ""
@@ -784,6 +802,9 @@ def evaluate_targets(args: argparse.Namespace, res: Results) -> list[dict[str, o
 
 def cpu_metric_names(args: argparse.Namespace) -> list[tuple[str, str]]:
     names = [(f"cpu_rate_{k}", f"CPU us/conn, {k} in flight") for k in args.inflight]
+    names += [
+        (f"parent_cpu_rate_{k}", f"parent alone us/conn, {k} in flight") for k in args.inflight
+    ]
     names += [
         (f"cpu_stream_{s}", f"CPU ms/GiB, {s} stream{'s' if s > 1 else ''}") for s in args.streams
     ]
@@ -1101,4 +1122,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        sys.exit(130)
