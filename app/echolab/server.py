@@ -1,7 +1,7 @@
 """The forking echo server: the parent listens and accepts, each client gets its own child.
 
 The parent is single-threaded and never blocks in accept(): it waits on the listeners, a
-signal wakeup pipe and the children's report pipe together (selectors + signal.set_wakeup_fd),
+signal wakeup pipe and the children's report pipe together (epoll + signal.set_wakeup_fd),
 because since PEP 475 a blocked accept() is retried after a signal and never returns to the
 loop. Signal handlers only record the signal; the loop does the work (STYLE.md 1-3).
 
@@ -12,12 +12,13 @@ reports how many bytes it echoed, and always ends with os._exit().
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # see serve_child
+import _socket
 import errno
 import fcntl
 import gc
-import logging
 import os
-import selectors
+import select
 import signal
 import socket
 import struct
@@ -26,8 +27,7 @@ from argparse import Namespace
 from types import FrameType
 
 from echolab.listener import format_address, inherited_listeners, open_listener, socket_address
-
-log = logging.getLogger("echolab")
+from echolab.logs import INFO, WARNING, log
 
 # Tunables, each with its reason.
 CHUNK = 1 << 20  # bytes asked of one splice() call; the pipe's size bounds what one call moves
@@ -54,6 +54,10 @@ CHILD_STATUS = {
 
 REPORT = struct.Struct("=iQ")  # (pid, bytes echoed): 12 bytes, written atomically (< PIPE_BUF)
 _HANDLED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT)
+# Plain ints for the child: signal.signal() wraps every call in Enum conversions, which run
+# enough Python to un-share ~130 pages (0.5 MiB) of the parent's memory in each child.
+_SIGCHLD, _SIGINT, _SIGTERM = int(signal.SIGCHLD), int(signal.SIGINT), int(signal.SIGTERM)
+_SIG_DFL, _SIG_IGN = int(signal.SIG_DFL), int(signal.SIG_IGN)
 
 
 class _Shutdown(BaseException):
@@ -63,12 +67,16 @@ class _Shutdown(BaseException):
 class Child:
     """What the parent remembers of one child until it reaps it."""
 
-    __slots__ = ("nbytes", "peer", "started")
+    __slots__ = ("addr", "nbytes", "started")
 
-    def __init__(self, peer: str, started: float) -> None:
-        self.peer = peer
+    def __init__(self, addr: tuple[str, int], started: float) -> None:
+        self.addr = addr  # formatted only when the exit is logged: the parent stays lean
         self.started = started
         self.nbytes = -1  # unknown until the child's report arrives
+
+    @property
+    def peer(self) -> str:
+        return format_address(self.addr[0], self.addr[1])
 
 
 class ForkingEchoServer:
@@ -93,13 +101,17 @@ class ForkingEchoServer:
         self._resume_at: float | None = None  # when a paused accept loop may start again
         self._at_cap_logged = False
         self._report_buf = b""
-        self._selector = selectors.DefaultSelector()
+        # epoll directly rather than `selectors`: fewer objects touched per event, and every
+        # page the parent writes between two forks becomes private memory of a child.
+        self._epoll = select.epoll()
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._report_r, self._report_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._selector.register(self._wakeup_r, selectors.EVENT_READ, "wakeup")
-        self._selector.register(self._report_r, selectors.EVENT_READ, "report")
+        self._epoll.register(self._wakeup_r, select.EPOLLIN)
+        self._epoll.register(self._report_r, select.EPOLLIN)
+        self._by_fd: dict[int, socket.socket] = {}
         for sock in listeners:
             sock.setblocking(False)
+            self._by_fd[sock.fileno()] = sock
 
     # ----- the parent's loop -------------------------------------------------------------
 
@@ -123,13 +135,13 @@ class ForkingEchoServer:
 
     def wait_for_events(self, timeout: float | None) -> None:
         """Wait once on listeners, wakeup and reports; accept, reap and dispatch signals."""
-        for key, _ in self._selector.select(timeout):
-            if key.data == "wakeup":
-                self._drain_pipe(self._wakeup_r)
-            elif key.data == "report":
+        for fd, _ in self._epoll.poll(-1 if timeout is None else timeout):
+            if fd == self._wakeup_r:
+                self._drain_pipe(fd)
+            elif fd == self._report_r:
                 self.read_reports()
             elif self._accepting:
-                self.accept_clients(key.fileobj)  # type: ignore[arg-type]
+                self.accept_clients(self._by_fd[fd])
         self.dispatch_signals()
 
     def install_signal_handlers(self) -> None:
@@ -172,7 +184,7 @@ class ForkingEchoServer:
                 self.pause_accepting(None)
                 return
             try:
-                conn, addr = listener.accept()
+                fd, addr = listener._accept()  # type: ignore[attr-defined]  # a bare fd: no socket object
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -183,21 +195,22 @@ class ForkingEchoServer:
                     self.pause_accepting(RETRY_PAUSE)
                     return
                 raise
-            self.process_request(conn, format_address(addr[0], addr[1]))
+            self.process_request(fd, addr)
 
-    def process_request(self, conn: socket.socket, peer: str) -> None:
-        """Fork a child to serve `conn`; the parent closes its copy at once."""
-        # Block the handled signals across fork(): the child must not run the parent's
-        # handlers before it has installed its own.
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+    def process_request(self, fd: int, addr: tuple[str, int]) -> None:
+        """Fork a child to serve the connection `fd`; the parent closes its copy at once.
+
+        Signals are not blocked across fork(): until the child installs its own handlers, a
+        signal only lands in its copy of `_signals`, which it never reads. SIGTERM cannot be
+        lost that way: the parent signals children only after it has stopped forking.
+        """
         try:
             pid = os.fork()
         except OSError as exc:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            conn.close()
+            os.close(fd)
             log.warning(
                 "fork() failed for %s: %s; closed that connection, pausing %.1f s",
-                peer,
+                format_address(addr[0], addr[1]),
                 exc.strerror,
                 RETRY_PAUSE,
             )
@@ -207,13 +220,11 @@ class ForkingEchoServer:
             # This must never return into the parent's code, hence os._exit() (socketserver).
             status = CHILD_ERROR
             try:
-                status = self.serve_child(conn, old_mask)
+                status = self.serve_child(fd)
             finally:
                 os._exit(status)
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        conn.close()
-        self.children[pid] = Child(peer, time.monotonic())
-        log.debug("child %d serves %s", pid, peer)
+        os.close(fd)
+        self.children[pid] = Child(addr, time.monotonic())
 
     def pause_accepting(self, seconds: float | None) -> None:
         """Stop watching the listeners: at the child cap (None) or for `seconds` after a failure.
@@ -222,7 +233,7 @@ class ForkingEchoServer:
         """
         if self._accepting:
             for sock in self.listeners:
-                self._selector.unregister(sock)
+                self._epoll.unregister(sock)
             self._accepting = False
         if seconds is not None:
             self._resume_at = time.monotonic() + seconds
@@ -242,7 +253,7 @@ class ForkingEchoServer:
         ):
             return
         for sock in self.listeners:
-            self._selector.register(sock, selectors.EVENT_READ, "listener")
+            self._epoll.register(sock, select.EPOLLIN)
         self._accepting = True
         if self._at_cap_logged:
             self._at_cap_logged = False
@@ -283,12 +294,12 @@ class ForkingEchoServer:
         if os.WIFEXITED(status):
             code = os.WEXITSTATUS(status)
             how = CHILD_STATUS.get(code, f"exit status {code}")
-            level = logging.WARNING if code == CHILD_ERROR else logging.INFO
+            level = WARNING if code == CHILD_ERROR else INFO
         elif os.WIFSIGNALED(status):
             how = f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-            level = logging.WARNING
+            level = WARNING
         else:
-            how, level = f"status {status:#x}", logging.WARNING
+            how, level = f"status {status:#x}", WARNING
         nbytes = child.nbytes
         log.log(
             level,
@@ -298,15 +309,13 @@ class ForkingEchoServer:
             how,
             elapsed,
             nbytes if nbytes >= 0 else "?",
-            extra={
-                "fields": {
-                    "event": "child_exit",
-                    "child_pid": pid,
-                    "peer": child.peer,
-                    "status": how,
-                    "duration_s": round(elapsed, 6),
-                    "bytes": nbytes if nbytes >= 0 else None,
-                }
+            fields={
+                "event": "child_exit",
+                "child_pid": pid,
+                "peer": child.peer,
+                "status": how,
+                "duration_s": round(elapsed, 6),
+                "bytes": nbytes if nbytes >= 0 else None,
             },
         )
 
@@ -342,6 +351,7 @@ class ForkingEchoServer:
         for sock in self.listeners:
             sock.close()
         self.listeners = []
+        self._by_fd = {}
 
     def shutdown(self) -> None:
         """After the listeners closed: grace, then SIGTERM, then SIGKILL; reap every child."""
@@ -391,27 +401,33 @@ class ForkingEchoServer:
             signal.signal(signum, signal.SIG_DFL)
         for sock in self.listeners:
             sock.close()
-        self._selector.close()
+        self._epoll.close()
         for fd in (self._wakeup_r, self._wakeup_w, self._report_r, self._report_w):
             os.close(fd)
 
     # ----- the child ---------------------------------------------------------------------
 
-    def serve_child(self, conn: socket.socket, old_mask: set[signal.Signals | int]) -> int:
-        """In the child: drop the parent's state, echo until the session ends, report."""
-        gc.disable()  # a short life with no cycles worth collecting; spare the shared pages
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C goes to the parent, which drains us
-        signal.signal(signal.SIGTERM, _raise_shutdown)
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        for sock in self.listeners:
-            sock.close()  # only the parent holds the listening socket
-        self._selector.close()
-        for fd in (self._wakeup_r, self._wakeup_w, self._report_r):
-            os.close(fd)
+    def serve_child(self, fd: int) -> int:
+        """In the child: drop the parent's state, echo until the session ends, report.
+
+        The child touches as few of the parent's objects as it can, since every page it
+        writes stops being shared with the parent and is copied first (a page fault): so
+        the C-level _signal and _socket with plain ints, and os.close() on bare descriptors.
+        """
+        _signal.set_wakeup_fd(-1)
+        _signal.signal(_SIGCHLD, _SIG_DFL)
+        _signal.signal(_SIGINT, _SIG_IGN)  # ^C goes to the parent, which drains us
+        _signal.signal(_SIGTERM, _raise_shutdown)
+        for inherited in (
+            *self._by_fd,
+            self._epoll.fileno(),
+            self._wakeup_r,
+            self._wakeup_w,
+            self._report_r,
+        ):
+            os.close(inherited)  # only the parent holds the listening socket
         moved = [0]
-        status = echo_session(conn, self.idle_timeout, moved)
+        status = echo_session(_socket.socket(fileno=fd), self.idle_timeout, moved)
         try:
             os.write(self._report_w, REPORT.pack(os.getpid(), moved[0]))
         except OSError:
@@ -420,11 +436,11 @@ class ForkingEchoServer:
 
 
 def _raise_shutdown(signum: int, frame: FrameType | None) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _signal.signal(_SIGTERM, _SIG_IGN)
     raise _Shutdown
 
 
-def echo_session(conn: socket.socket, idle_timeout: float, moved: list[int]) -> int:
+def echo_session(conn: _socket.socket, idle_timeout: float, moved: list[int]) -> int:
     """Echo everything the client sends until it closes; return the child's exit status.
 
     `moved[0]` counts the bytes echoed, and stays right however the session ends.
@@ -456,7 +472,7 @@ def echo_session(conn: socket.socket, idle_timeout: float, moved: list[int]) -> 
         return CHILD_RESET
     except _Shutdown:
         return CHILD_SHUTDOWN
-    except Exception:
+    except Exception:  # noqa: BLE001  the child's last word: logged, never a silent death
         log.exception("session with %s failed", _peer(conn))
         return CHILD_ERROR
     finally:
@@ -485,7 +501,7 @@ def echo_splice(fd: int, moved: list[int]) -> None:
         os.close(w)
 
 
-def echo_copy(conn: socket.socket, moved: list[int]) -> None:
+def echo_copy(conn: _socket.socket, moved: list[int]) -> None:
     """Echo through a reused buffer: exactly the bytes received, sent in full."""
     buf = bytearray(65536)
     view = memoryview(buf)
@@ -497,7 +513,7 @@ def echo_copy(conn: socket.socket, moved: list[int]) -> None:
         moved[0] += n
 
 
-def close_in_order(conn: socket.socket) -> None:
+def close_in_order(conn: _socket.socket) -> None:
     """Close from the server's side with a FIN, never an RST: this side then holds TIME_WAIT.
 
     shutdown(SHUT_WR) sends the FIN; data the client still sends is read and dropped for a
@@ -513,7 +529,7 @@ def close_in_order(conn: socket.socket) -> None:
         pass  # reset, timeout or already closed: nothing more to do in order
 
 
-def _peer(conn: socket.socket) -> str:
+def _peer(conn: _socket.socket) -> str:
     try:
         addr = conn.getpeername()
         return format_address(addr[0], addr[1])
@@ -523,9 +539,7 @@ def _peer(conn: socket.socket) -> str:
 
 def run(args: Namespace) -> int:
     """`echolab serve`: open (or inherit) the listener and serve until stopped."""
-    from echolab import logs
-
-    logs.setup(args.log_level, args.log_format)
+    log.configure(args.log_level, args.log_format)
     listeners = inherited_listeners()
     source = "inherited from systemd" if listeners else None
     if not listeners:
