@@ -458,6 +458,7 @@ def _long_lived_loop(
     chist, rhist = stats.connect_hist, stats.rtt_hist
     ping = min(plan.payload, STREAM_CHUNK)
     next_sweep = start
+    next_pings = start
     backoff_until = 0.0
 
     def record(hist: list[int], us: int) -> None:
@@ -573,7 +574,8 @@ def _long_lived_loop(
                     stats.bytes_sent += n
             want(fd, c, out_mask(c))
         now = mono()
-        if hold:  # start the pings that are due
+        if hold and now >= next_pings:  # start the pings that are due (a 10 ms tick)
+            next_pings = now + 0.01
             for fd, c in conns.items():
                 if c.target >= 0 and c.verified == c.target and now >= c.due:
                     c.target = c.sent + ping
