@@ -1,4 +1,59 @@
-# Ansible and Molecule (issue 5): owned by the Ansible work; placeholder until it lands.
-.PHONY: molecule
-molecule: venv ## Run every Molecule scenario (docker driver, offline)
-	@echo "molecule: not written yet" >&2; exit 1
+# Ansible roles and Molecule scenarios (issue 5). Offline: the platform images are built here
+# from the mmdebstrap base (docker/base/build.sh), the project's wheels on this machine; no pull,
+# no Galaxy, collections from the PyPI `ansible` package in $(VENV).
+DOCKER ?= docker
+# Scenarios `make molecule` runs, in order (ansible/molecule/<name>).
+MOLECULE_SCENARIOS ?= default cluster no-reuseaddr
+# Debian suites with a Molecule platform image (echolab/molecule:<suite>).
+MOLECULE_SUITES ?= bookworm trixie
+# Debian packages added to the base set for a systemd host Ansible can drive.
+MOLECULE_INCLUDE ?= systemd,systemd-sysv,dbus,python3-apt,sudo
+MOLECULE_ARGS ?=
+# Where the roles take their wheels from by default (echo_*_wheelhouse).
+ANSIBLE_WHEELHOUSE ?= out/ansible/wheelhouse
+ANSIBLE_LINT_ARGS ?=
+
+ANSIBLE_BUILD := out/ansible
+# Molecule runs from ansible/, with the venv's pytest, ansible-playbook and molecule on PATH.
+MOLECULE = cd ansible && PATH="$(abspath $(VENV))/bin:$$PATH" ANSIBLE_FORCE_COLOR=$${ANSIBLE_FORCE_COLOR:-0} \
+	$(abspath $(VENV))/bin/molecule
+
+.PHONY: molecule molecule-image ansible-wheelhouse ansible-lint molecule-clean
+
+# The project's wheel, built from a clean copy of the sources (no stale build/ in the tree) with
+# a fixed SOURCE_DATE_EPOCH, so identical sources give a byte-identical wheel and a second
+# converge copies nothing; plus the wheels of the `load` extra for echo_loadgen.
+ansible-wheelhouse: venv ## Build the wheels the Ansible roles install (out/ansible/wheelhouse)
+	@rm -rf $(ANSIBLE_WHEELHOUSE) $(ANSIBLE_BUILD)/src && mkdir -p $(ANSIBLE_WHEELHOUSE) $(ANSIBLE_BUILD)/src
+	@tar -cf - --exclude='*.egg-info' --exclude=__pycache__ pyproject.toml app $(wildcard README.md LICENSE*) \
+	  | tar -xf - -C $(ANSIBLE_BUILD)/src
+	@SOURCE_DATE_EPOCH=315532800 $(PIP) wheel --quiet --wheel-dir $(ANSIBLE_WHEELHOUSE) '$(ANSIBLE_BUILD)/src[load]' \
+	  >$(ANSIBLE_BUILD)/wheels.log 2>&1 || { cat $(ANSIBLE_BUILD)/wheels.log >&2; exit 1; }
+	@echo "ansible: wheelhouse $(ANSIBLE_WHEELHOUSE): $$(cd $(ANSIBLE_WHEELHOUSE) && echo *.whl)"
+
+# One image per suite: the mmdebstrap base with systemd (skipped when present), then
+# docker/molecule/Dockerfile on top (cached by the engine).
+molecule-image: ## Build the Molecule platform images echolab/molecule:<suite> (systemd as PID 1)
+	@command -v $(DOCKER) >/dev/null && $(DOCKER) info >/dev/null 2>&1 \
+	  || { echo "molecule: the Docker engine is unreachable ('$(DOCKER) info' failed)" >&2; exit 1; }
+	@DOCKER=$(DOCKER) MOLECULE_INCLUDE=$(MOLECULE_INCLUDE) docker/molecule/build.sh $(MOLECULE_SUITES)
+
+molecule: venv molecule-image ansible-wheelhouse ## Run every Molecule scenario (docker driver, offline)
+	@for s in $(MOLECULE_SCENARIOS); do \
+	  start=$$(date +%s); \
+	  $(MOLECULE) test -s $$s $(MOLECULE_ARGS) || { echo "molecule: scenario $$s FAILED" >&2; exit 1; }; \
+	  echo "molecule: scenario $$s passed in $$(( $$(date +%s) - start )) s"; \
+	done
+
+molecule-%: venv molecule-image ansible-wheelhouse ## Run one scenario, e.g. make molecule-cluster
+	$(MOLECULE) test -s $* $(MOLECULE_ARGS)
+
+molecule-clean: ## Destroy the containers of every scenario (images stay)
+	@for s in $(MOLECULE_SCENARIOS); do $(MOLECULE) destroy -s $$s >/dev/null || true; done
+
+ansible-lint: venv ## Lint the roles, playbooks and scenarios (ansible-lint production profile, yamllint)
+	cd ansible && $(abspath $(VENV))/bin/ansible-lint $(ANSIBLE_LINT_ARGS)
+	$(VENV)/bin/yamllint --strict ansible .ansible-lint .yamllint
+
+lint-extra:: venv
+	@$(MAKE) ansible-lint

@@ -1,0 +1,160 @@
+"""The state echo_server leaves on a host: a hardened, running systemd service that echoes.
+
+Every assertion reads the host's real state (systemctl, ss, /proc, a real round trip).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+
+from conftest import unit_properties
+
+testinfra_hosts = ["ansible://server"]
+
+# The figure systemd-analyze must stay at or under (0 = fully sandboxed, 10 = not at all).
+MAX_EXPOSURE = 2.0
+
+
+def main_pid(host: Any, server: dict[str, Any]) -> int:
+    pid = int(unit_properties(host, server["unit"], "MainPID")["MainPID"])
+    assert pid > 0, f"{server['unit']} has no main process"
+    return pid
+
+
+def test_unit_is_enabled_and_active(host: Any, server: dict[str, Any]) -> None:
+    service = host.service(server["unit"])
+    assert service.is_enabled
+    assert service.is_running
+    if server["echo_server_socket_activation"]:
+        socket_unit = host.service(server["socket_unit"])
+        assert socket_unit.is_enabled
+        assert socket_unit.is_running
+
+
+def test_server_runs_as_the_system_user(host: Any, server: dict[str, Any]) -> None:
+    user = host.user(server["echo_server_user"])
+    assert user.exists
+    assert user.uid < 1000, "a system account"
+    assert user.shell == "/usr/sbin/nologin"
+    pid = main_pid(host, server)
+    status = host.file(f"/proc/{pid}/status").content_string
+    uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)", status, re.MULTILINE)
+    assert uids is not None
+    assert {int(uids.group(1)), int(uids.group(2))} == {user.uid}
+    # The kernel's view of the sandbox: no capabilities, no new privileges, a seccomp filter.
+    fields = dict(re.findall(r"^(\w+):\s+(.*)$", status, re.MULTILINE))
+    assert fields["CapBnd"] == "0000000000000000"
+    assert fields["CapEff"] == "0000000000000000"
+    assert fields["NoNewPrivs"] == "1"
+    assert fields["Seccomp"] == "2"
+
+
+def test_environment_carries_every_server_option(host: Any, server: dict[str, Any]) -> None:
+    env = unit_properties(host, server["unit"], "Environment")["Environment"]
+    pairs = dict(item.split("=", 1) for item in shlex.split(env))
+    assert pairs == {
+        "ECHOLAB_HOST": str(server["echo_server_host"]),
+        "ECHOLAB_PORT": str(server["echo_server_port"]),
+        "ECHOLAB_BACKLOG": str(server["echo_server_backlog"]),
+        "ECHOLAB_NO_REUSEADDR": "0" if server["echo_server_reuseaddr"] else "1",
+        "ECHOLAB_MAX_CHILDREN": str(server["echo_server_max_children"]),
+        "ECHOLAB_IDLE_TIMEOUT": str(server["echo_server_idle_timeout"]),
+        "ECHOLAB_GRACE": str(server["echo_server_grace"]),
+        "ECHOLAB_LOG_LEVEL": str(server["echo_server_log_level"]),
+        "ECHOLAB_LOG_FORMAT": str(server["echo_server_log_format"]),
+    }
+
+
+def test_unit_is_written_for_a_forking_server(host: Any, server: dict[str, Any]) -> None:
+    props = unit_properties(
+        host, server["unit"], "KillMode", "KillSignal", "TimeoutStopUSec", "TasksMax", "Restart"
+    )
+    assert props["KillMode"] == "mixed", "SIGTERM to the parent only: it drains its children"
+    assert props["KillSignal"] == "15"
+    assert props["Restart"] == "on-failure"
+    assert int(props["TasksMax"]) > int(server["echo_server_max_children"])
+    # systemctl prints TimeoutStopUSec as e.g. "11s" or "1min 5s".
+    stop_s = sum(
+        float(n) * {"min": 60, "s": 1, "ms": 0.001}[unit]
+        for n, unit in re.findall(r"([\d.]+)(min|ms|s)\b", props["TimeoutStopUSec"])
+    )
+    assert stop_s > float(server["echo_server_grace"]) + 1
+
+
+def test_unit_hardening(host: Any, server: dict[str, Any]) -> None:
+    expected = {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectKernelLogs": "yes",
+        "ProtectControlGroups": "yes",
+        "ProtectClock": "yes",
+        "ProtectHostname": "yes",
+        "ProtectProc": "invisible",
+        "RestrictAddressFamilies": "AF_INET AF_INET6",
+        "RestrictRealtime": "yes",
+        "RestrictSUIDSGID": "yes",
+        "LockPersonality": "yes",
+        "MemoryDenyWriteExecute": "yes",
+        "SystemCallArchitectures": "native",
+        "CapabilityBoundingSet": "",
+        "AmbientCapabilities": "",
+        "UMask": "0077",
+    }
+    props = unit_properties(host, server["unit"], *expected, "SystemCallFilter", "User")
+    assert {k: props[k] for k in expected} == expected
+    assert props["User"] == server["echo_server_user"]
+    # An allow list (no leading ~) that lets the server fork, splice and accept, not reboot.
+    filt = props["SystemCallFilter"].split()
+    assert filt[0] != "~"
+    assert {"fork", "clone", "splice", "accept4", "wait4"} & set(filt)
+    assert "reboot" not in filt and "mount" not in filt
+
+
+def test_exposure_is_at_most_two(host: Any, server: dict[str, Any]) -> None:
+    out = host.check_output(f"systemd-analyze security --no-pager {server['unit']}")
+    match = re.search(r"Overall exposure level for \S+: ([\d.]+)", out)
+    assert match, out[-500:]
+    assert float(match.group(1)) <= MAX_EXPOSURE, out
+
+
+def test_listener_is_owned_by_the_main_process_only(host: Any, server: dict[str, Any]) -> None:
+    """Children close their copy of the listener: with a client connected (so one child
+    exists), only the parent (and systemd, under socket activation) holds the LISTEN socket."""
+    port = server["echo_server_port"]
+    hold = (
+        "import socket, time; "
+        f"s = socket.create_connection(('127.0.0.1', {port})); s.sendall(b'x'); s.recv(1); "
+        "time.sleep(3)"
+    )
+    script = (
+        f"python3 -c {shlex.quote(hold)} & sleep 1; "
+        f"echo LISTEN; ss -Hltnp 'sport = :{port}'; "
+        f"echo ESTAB; ss -Htnp state established '( sport = :{port} )'; "
+        "echo PS; ps -eo pid=,ppid=; wait"
+    )
+    out = host.check_output(script)
+    listen, _, rest = out.partition("ESTAB")
+    estab, _, ps = rest.partition("PS")
+    ppids = dict(tuple(map(int, line.split())) for line in ps.strip().splitlines())
+    parent = main_pid(host, server)
+    listeners = {int(p) for p in re.findall(r"pid=(\d+)", listen)}
+    expected = {parent} | ({1} if server["echo_server_socket_activation"] else set())
+    assert listeners == expected, out
+    children = {int(p) for p in re.findall(r"pid=(\d+)", estab)}
+    assert children, f"no child serving the held connection:\n{out}"
+    assert parent not in children
+    for child in children:
+        assert ppids.get(child) == parent, f"pid {child} is not a child of the server:\n{out}"
+
+
+def test_echo_round_trip(host: Any, server: dict[str, Any]) -> None:
+    result = host.run(f"{server['bin']} probe --target {server['target']} --payload 65536")
+    assert result.rc == 0, result.stderr
+    assert "echoed intact" in result.stdout
