@@ -77,7 +77,8 @@ images: docker-check base-image lab-wheels ## Build echolab/server and echolab/l
 	  echo "  $$image  $$(( $$($(DOCKER) image inspect -f '{{.Size}}' $$image) / 1000000 )) MB"; done
 
 lab-up: compose-check images ## Build what is missing, start the server, wait until it is healthy
-	$(LAB_COMPOSE) up -d --remove-orphans server
+	@echo "lab: $(COMPOSE) -p $(COMPOSE_PROJECT_NAME) up -d server"
+	@$(LAB_COMPOSE) up -d --remove-orphans server
 	@cid=$$($(LAB_COMPOSE) ps -q server); waited=0; \
 	while :; do \
 	  status=$$($(DOCKER) inspect -f '{{.State.Health.Status}}' $$cid 2>/dev/null || echo gone); \
@@ -96,7 +97,8 @@ lab-up: compose-check images ## Build what is missing, start the server, wait un
 
 lab-load: compose-check ## Run LOAD_SCALE loadgen containers (ECHOLAB_LOAD_MODE/CLIENTS/DURATION) and check each verdict
 	@$(LAB_ALL) rm -fsv loadgen >/dev/null 2>&1 || true
-	$(LAB_COMPOSE) --profile load up --no-color --scale loadgen=$(LOAD_SCALE) loadgen
+	@echo "lab: $(COMPOSE) -p $(COMPOSE_PROJECT_NAME) --profile load up --scale loadgen=$(LOAD_SCALE) loadgen"
+	@$(LAB_COMPOSE) --profile load up --no-color --scale loadgen=$(LOAD_SCALE) loadgen
 	@ids=$$($(DOCKER) ps -aq --filter label=com.docker.compose.project=$(COMPOSE_PROJECT_NAME) \
 	  --filter label=com.docker.compose.service=loadgen); \
 	test -n "$$ids" || { echo "lab-load: no loadgen container ran" >&2; exit 1; }; \
@@ -108,6 +110,9 @@ lab-load: compose-check ## Run LOAD_SCALE loadgen containers (ECHOLAB_LOAD_MODE/
 lab-restart-check: compose-check ## Stop+start the server with clients connected; prove TIME_WAIT lingered and it rebound
 	@$(PYTHON) scripts/lab_restart_check.py --compose "$(LAB_COMPOSE)" --port $(ECHOLAB_PORT) \
 	  --clients $(ECHOLAB_CHECK_CLIENTS) $(if $(LAB_JSON),--json $(LAB_JSON))
+	@echo; echo "lab: the same lesson measured by 'echolab restart-check' (local mode, own loopback), both ways:"
+	@$(LAB_ALL) run --rm restart-check
+	@$(LAB_ALL) run --rm restart-check --no-reuseaddr
 
 lab-sockets: compose-check ## The TCP sockets on the echo port, read inside the lab's network namespace
 	@$(LAB_COMPOSE) exec -T netns echolab sockets --port $(ECHOLAB_PORT)
@@ -119,7 +124,8 @@ lab-ps: compose-check ## The lab's containers
 	@$(LAB_ALL) ps
 
 lab-down: compose-check ## Stop and remove the lab's containers, networks and volumes
-	$(LAB_ALL) down --volumes --remove-orphans --timeout 15
+	@echo "lab: $(COMPOSE) -p $(COMPOSE_PROJECT_NAME) down --volumes --remove-orphans"
+	@$(LAB_ALL) down --volumes --remove-orphans --timeout 15
 
 lab-clean: lab-down ## lab-down, then remove the echolab images and the wheelhouse
 	-$(DOCKER) image rm $$($(DOCKER) image ls -q 'echolab/*' | sort -u) 2>/dev/null

@@ -244,6 +244,12 @@ def test_hardening_as_docker_inspect_and_the_kernel_see_it(up: Lab) -> None:
     )
     write = docker("exec", cid, "touch", "/opt/echolab/x", check=False)
     assert write.returncode != 0 and "Read-only file system" in write.stderr
+    # The namespace holder, which owns the published port, is locked down the same way.
+    (netns,) = up.containers("netns", all_states=False)
+    held = up.inspect(netns)
+    assert held["Config"]["User"] == "10001:10001"
+    assert held["HostConfig"]["CapDrop"] == ["ALL"] and held["HostConfig"]["ReadonlyRootfs"]
+    assert "no-new-privileges:true" in held["HostConfig"]["SecurityOpt"]
 
 
 def test_load_from_two_loadgen_containers_verifies_every_byte(up: Lab) -> None:
@@ -287,6 +293,10 @@ def test_restart_check_rebinds_while_time_wait_lingers(up: Lab, tmp_path: Path) 
     assert result["rebind"] == "ok" and result["listen_after_start"] == 1
     assert "listening on 0.0.0.0:7007" in result["listening_line"]
     assert "PASS" in out and "TIME_WAIT at the bind" in out
+    # And echolab restart-check's own experiment, on a loopback of its own, both ways.
+    assert re.search(r"restart\s+with SO_REUSEADDR", out), out[-3000:]
+    assert re.search(r"restart\s+without SO_REUSEADDR", out), out[-3000:]
+    assert re.search(r"rebind\s+ok after", out) and re.search(r"rebind\s+EADDRINUSE", out)
     # The lab is left running and healthy.
     assert up.inspect(up.server())["State"]["Health"]["Status"] == "healthy"
 
