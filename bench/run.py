@@ -382,7 +382,14 @@ def measure_memory(server: Server, n: int) -> dict[str, object]:
         )
         if kids:
             # Where one child's own pages are: what the parent or the child wrote after fork.
+            kids.sort()  # fork order, but for a wrap of the pid counter
             result["child_private_dirty_kib"] = private_dirty_by_region(kids[len(kids) // 2])
+            # The last child forked has seen no parent writes since its fork; the middle one
+            # has: the difference is what the parent's work between two forks costs a child.
+            result["private_dirty_kib_middle_child"] = sum(
+                result["child_private_dirty_kib"].values()
+            )
+            result["private_dirty_kib_last_child"] = sum(private_dirty_by_region(kids[-1]).values())
         return result
     finally:
         for s in socks:
