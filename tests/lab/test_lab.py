@@ -275,6 +275,33 @@ def test_load_from_two_loadgen_containers_verifies_every_byte(up: Lab) -> None:
     assert not [line for line in ps.splitlines() if line.split()[1].startswith("Z")], ps
 
 
+def test_a_connection_flood_ends_at_the_pids_limit_and_the_server_survives(up: Lab) -> None:
+    # The same mechanism as compose.yaml's pids_limit of 600 with 512 children, made small.
+    cid = up.server()
+    docker("update", "--pids-limit", "16", cid)
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(40):
+            socks.append(socket.create_connection(("127.0.0.1", up.host_port), timeout=5))
+        echoed = 0
+        for sock in socks:
+            sock.settimeout(2)
+            try:
+                sock.sendall(b"x")
+                echoed += sock.recv(1) == b"x"
+            except OSError:
+                pass
+        assert 1 <= echoed < 40, f"{echoed} of 40 echoed under a pids limit of 16"
+    finally:
+        for sock in socks:
+            sock.close()
+        docker("update", "--pids-limit", "600", cid)
+    assert re.search(r"fork\(\) failed", docker("logs", "--since", "2m", cid).stderr)
+    assert up.inspect(cid)["State"]["Running"] is True
+    probe = docker("exec", cid, "echolab", "probe", "--target", "127.0.0.1:7007", check=False)
+    assert probe.returncode == 0, probe.stderr
+
+
 def test_restart_check_rebinds_while_time_wait_lingers(up: Lab, tmp_path: Path) -> None:
     result_file = tmp_path / "restart.json"
     out = ok(up.make("lab-restart-check", f"LAB_JSON={result_file}", timeout=300))
