@@ -10,11 +10,14 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
 
 from echolab import __version__
 from echolab.errors import EcholabError
+
+TYPE_CHECKING = False  # `typing` is not imported at run time: `serve` forks, keep it lean
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
 ENV_PREFIX = "ECHOLAB_"
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-import traceback
-from typing import Any
+
+TYPE_CHECKING = False  # `typing` itself is not imported at run time: a lean parent
+if TYPE_CHECKING:
+    from typing import Any
 
 DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
 LEVELS = {"debug": DEBUG, "info": INFO, "warning": WARNING, "error": ERROR}
@@ -55,7 +57,11 @@ class EventLog:
         stamp = (
             time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
         )
-        trace = traceback.format_exc().rstrip() if exc else ""
+        trace = ""
+        if exc:
+            import traceback  # only when there is one to print
+
+            trace = traceback.format_exc().rstrip()
         if self.json:
             import json  # only paid when --log-format json is chosen
 

@@ -6,7 +6,8 @@ because since PEP 475 a blocked accept() is retried after a signal and never ret
 loop. Signal handlers only record the signal; the loop does the work (STYLE.md 1-3).
 
 A child resets its signal dispositions, closes every descriptor of the parent's but its own
-connection, echoes with splice(2) (socket -> pipe -> socket: the bytes never enter Python),
+connection, echoes with splice(2) (socket -> pipe -> socket: the bytes never enter Python;
+so echolab serve is for Linux),
 reports how many bytes it echoed, and always ends with os._exit().
 """
 
@@ -56,8 +57,9 @@ REPORT = struct.Struct("=iQ")  # (pid, bytes echoed): 12 bytes, written atomical
 _HANDLED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT)
 # Plain ints for the child: signal.signal() wraps every call in Enum conversions, which run
 # enough Python to un-share ~130 pages (0.5 MiB) of the parent's memory in each child.
-_SIGCHLD, _SIGINT, _SIGTERM = int(signal.SIGCHLD), int(signal.SIGINT), int(signal.SIGTERM)
-_SIG_DFL, _SIG_IGN = int(signal.SIG_DFL), int(signal.SIG_IGN)
+_SIGINT, _SIGTERM = int(signal.SIGINT), int(signal.SIGTERM)
+_SIG_IGN = int(signal.SIG_IGN)
+_MAXFD = os.sysconf("SC_OPEN_MAX")
 
 
 class _Shutdown(BaseException):
@@ -112,6 +114,15 @@ class ForkingEchoServer:
         for sock in listeners:
             sock.setblocking(False)
             self._by_fd[sock.fileno()] = sock
+            if idle_timeout > 0:
+                # The idle timeout, enforced by the kernel on every blocking splice()/recv()/
+                # send() of a session: EAGAIN after that long without a byte in (or room to
+                # send out). Set once on the listener: accepted sockets inherit SO_RCVTIMEO and
+                # SO_SNDTIMEO from it (the kernel clones the listener's struct sock), so a
+                # child needs no socket object and no system call for it.
+                tv = struct.pack("ll", int(idle_timeout), int(idle_timeout % 1 * 1e6))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
 
     # ----- the parent's loop -------------------------------------------------------------
 
@@ -412,22 +423,39 @@ class ForkingEchoServer:
 
         The child touches as few of the parent's objects as it can, since every page it
         writes stops being shared with the parent and is copied first (a page fault): so
-        the C-level _signal and _socket with plain ints, and os.close() on bare descriptors.
+        the C-level _signal and _socket with plain ints, and close_range(2) on descriptors.
+        SIGCHLD keeps the parent's handler: a child has no children, so it never fires.
         """
-        _signal.set_wakeup_fd(-1)
-        _signal.signal(_SIGCHLD, _SIG_DFL)
+        _signal.set_wakeup_fd(-1)  # before the wakeup pipe closes: its number will be reused
         _signal.signal(_SIGINT, _SIG_IGN)  # ^C goes to the parent, which drains us
         _signal.signal(_SIGTERM, _raise_shutdown)
-        for inherited in (
-            *self._by_fd,
-            self._epoll.fileno(),
-            self._wakeup_r,
-            self._wakeup_w,
-            self._report_r,
-        ):
-            os.close(inherited)  # only the parent holds the listening socket
+        # Keep stdio, the connection and the report pipe; close everything else of the
+        # parent's: the listeners (only the parent holds them), epoll, the wakeup pipe.
+        low = high = self._report_w
+        if fd < low:
+            low = fd
+        else:
+            high = fd
+        os.closerange(3, low)
+        os.closerange(low + 1, high)
+        os.closerange(high + 1, _MAXFD)
         moved = [0]
-        status = echo_session(_socket.socket(fileno=fd), self.idle_timeout, moved)
+        try:
+            try:
+                echo_splice(fd, moved)
+                status = CHILD_EOF
+            except BlockingIOError:  # SO_RCVTIMEO/SO_SNDTIMEO, inherited from the listener
+                status = CHILD_IDLE
+            except _Shutdown:
+                status = CHILD_SHUTDOWN
+            close_in_order(_socket.socket(fileno=fd))
+        except (ConnectionError, TimeoutError):
+            status = CHILD_RESET  # ECONNRESET, EPIPE, ETIMEDOUT: nothing left to close in order
+        except _Shutdown:
+            status = CHILD_SHUTDOWN  # SIGTERM while closing in order
+        except Exception:  # noqa: BLE001  the child's last word: logged, never a silent death
+            log.exception("session with %s failed", format_address(*_peer_of(fd)))
+            status = CHILD_ERROR
         try:
             os.write(self._report_w, REPORT.pack(os.getpid(), moved[0]))
         except OSError:
@@ -440,77 +468,30 @@ def _raise_shutdown(signum: int, frame: FrameType | None) -> None:
     raise _Shutdown
 
 
-def echo_session(conn: _socket.socket, idle_timeout: float, moved: list[int]) -> int:
-    """Echo everything the client sends until it closes; return the child's exit status.
-
-    `moved[0]` counts the bytes echoed, and stays right however the session ends.
-    """
-    try:
-        try:
-            if idle_timeout > 0:
-                # The kernel enforces the idle timeout on each blocking splice()/recv()/send():
-                # EAGAIN after that long without a byte in (or room to send out).
-                tv = struct.pack("ll", int(idle_timeout), int(idle_timeout % 1 * 1e6))
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
-            try:
-                echo_splice(conn.fileno(), moved)
-            except OSError as exc:
-                if exc.errno not in (errno.EINVAL, errno.ENOSYS):
-                    raise
-                echo_copy(conn, moved)  # a socket splice() does not take: copy through Python
-            status = CHILD_EOF
-        except BlockingIOError:
-            status = CHILD_IDLE
-        except (ConnectionError, TimeoutError):
-            return CHILD_RESET  # ECONNRESET, EPIPE, ETIMEDOUT: nothing left to close in order
-        except _Shutdown:
-            status = CHILD_SHUTDOWN
-        close_in_order(conn)
-        return status
-    except (ConnectionError, TimeoutError):
-        return CHILD_RESET
-    except _Shutdown:
-        return CHILD_SHUTDOWN
-    except Exception:  # noqa: BLE001  the child's last word: logged, never a silent death
-        log.exception("session with %s failed", _peer(conn))
-        return CHILD_ERROR
-    finally:
-        conn.close()
-
-
 def echo_splice(fd: int, moved: list[int]) -> None:
-    """Echo with splice(2): socket -> pipe -> socket, the bytes never copied into Python."""
-    r, w = os.pipe2(os.O_CLOEXEC)
+    """Echo with splice(2): socket -> pipe -> socket, the bytes never copied into Python.
+
+    An idle client's child waits in the first splice() having touched as little as it can;
+    the pipe grows to PIPE_SIZE only once data flows.
+    """
+    r, w = os.pipe2(0)  # no O_CLOEXEC: a child never executes another program
+    splice = os.splice
     try:
-        try:
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass  # over the user's pipe-user-pages-soft: the default 64 KiB pipe still works
-        splice = os.splice
-        while True:
-            n = splice(fd, w, CHUNK)  # blocks until data, EOF (0) or the idle timeout (EAGAIN)
-            if n == 0:
-                return
+        n = splice(fd, w, CHUNK)  # blocks until data, EOF (0) or the idle timeout (EAGAIN)
+        if n:
+            try:
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass  # over the user's pipe-user-pages-soft: the 64 KiB default still works
+        while n:
             while n:
                 sent = splice(r, fd, n)
                 n -= sent
                 moved[0] += sent
+            n = splice(fd, w, CHUNK)
     finally:
         os.close(r)
         os.close(w)
-
-
-def echo_copy(conn: _socket.socket, moved: list[int]) -> None:
-    """Echo through a reused buffer: exactly the bytes received, sent in full."""
-    buf = bytearray(65536)
-    view = memoryview(buf)
-    while True:
-        n = conn.recv_into(buf)
-        if n == 0:
-            return
-        conn.sendall(view[:n])
-        moved[0] += n
 
 
 def close_in_order(conn: _socket.socket) -> None:
@@ -527,14 +508,16 @@ def close_in_order(conn: _socket.socket) -> None:
             pass
     except OSError:
         pass  # reset, timeout or already closed: nothing more to do in order
+    finally:
+        conn.close()
 
 
-def _peer(conn: _socket.socket) -> str:
+def _peer_of(fd: int) -> tuple[str, int]:
     try:
-        addr = conn.getpeername()
-        return format_address(addr[0], addr[1])
+        addr = _socket.socket(fileno=os.dup(fd)).getpeername()
+        return addr[0], addr[1]
     except OSError:
-        return "a client"
+        return "?", 0
 
 
 def run(args: Namespace) -> int:
