@@ -585,8 +585,12 @@ def judge(report: Report) -> int:
         else "EADDRINUSE (no SO_REUSEADDR)"
     )
     tw = report.time_wait_at_restart
-    if not tw:
+    # Only TIME_WAIT left by this run's own sessions counts: older sockets on the port (an
+    # earlier run, or an outgoing connection that once had this port) prove nothing about it.
+    ours = report.time_wait_from_clients
+    if not ours:
         report.verdict = "invalid"
+        older = f" ({tw} older one(s) on the port do not count)" if tw else ""
         if tw is None:
             why = report.details.get("time_wait_unreadable", "TIME_WAIT could not be read")
         elif report.close_first == "client":
@@ -610,10 +614,13 @@ def judge(report: Report) -> int:
                 "namespace (a container or a proxy in front of it)"
             )
         report.reason = (
-            f"no TIME_WAIT on the server's port at the restart: {why}; the run proves nothing"
+            f"no TIME_WAIT from this run's sessions on the server's port at the restart{older}: "
+            f"{why}; the run proves nothing"
         )
         return EXIT_INVALID_RUN
     lingering = f"{tw} TIME_WAIT socket(s) lingered on the server's port"
+    if tw != ours:
+        lingering += f" ({ours} from this run's sessions)"
     if report.reuseaddr:
         allowed = BIND_WITHIN * 1000 + float(report.details.get("startup_ms", 0.0))
         report.details["rebind_allowed_ms"] = round(allowed, 1)

@@ -78,7 +78,7 @@ def test_clients_closing_first_leave_no_server_side_time_wait_exit_3() -> None:
     assert "the clients closed first" in proc.stdout
     status, data, _ = restart_check("--port", "0", "--close-first", "client", "--no-reuseaddr")
     assert status == 3
-    assert data["time_wait_at_restart"] == 0
+    assert data["time_wait_from_clients"] == 0
     assert data["client_side_time_wait"] == 5  # TIME_WAIT went to the clients' ports
     assert data["rebind"] == "ok"  # nothing to collide with, even without SO_REUSEADDR
     assert data["verdict"] == "invalid"

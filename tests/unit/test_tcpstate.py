@@ -76,7 +76,7 @@ def test_state_names_cover_the_kernel_states() -> None:
 def test_real_sockets_server_first_close_leaves_time_wait_on_the_server_port() -> None:
     """A loopback listener; one connection closed by the server first, one left open."""
     with socket.socket() as listener:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # No SO_REUSEADDR: port 0 then never picks a port with TIME_WAIT left by other tests.
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
