@@ -73,6 +73,10 @@ images: docker-check base-image lab-wheels ## Build echolab/server and echolab/l
 	    -f docker/$$name/Dockerfile -t echolab/$$name:$(VERSION) -t echolab/$$name:latest . >/dev/null \
 	    || { echo "lab: building echolab/$$name failed" >&2; exit 1; }; \
 	done
+	@# A rebuild leaves the previous image untagged: drop those, and build stages older than a day
+	@# (the newest stay as the layer cache).
+	@$(DOCKER) image prune --force --filter label=echolab.stage=final >/dev/null
+	@$(DOCKER) image prune --force --filter label=echolab.stage=build --filter until=24h >/dev/null
 	@for image in $(BASE_IMAGE) $(foreach i,$(LAB_IMAGES),$(i):$(VERSION)); do \
 	  echo "  $$image  $$(( $$($(DOCKER) image inspect -f '{{.Size}}' $$image) / 1000000 )) MB"; done
 
@@ -127,8 +131,10 @@ lab-down: compose-check ## Stop and remove the lab's containers, networks and vo
 	@echo "lab: $(COMPOSE) -p $(COMPOSE_PROJECT_NAME) down --volumes --remove-orphans"
 	@$(LAB_ALL) down --volumes --remove-orphans --timeout 15
 
-lab-clean: lab-down ## lab-down, then remove the echolab images and the wheelhouse
-	-$(DOCKER) image rm $$($(DOCKER) image ls -q 'echolab/*' | sort -u) 2>/dev/null
+lab-clean: lab-down ## lab-down, then remove the lab's images (base, server, loadgen) and the wheelhouse
+	-$(DOCKER) image rm $$($(DOCKER) image ls --format '{{.Repository}}:{{.Tag}}' \
+	  --filter reference=echolab/base $(foreach i,$(LAB_IMAGES),--filter reference=$(i)))
+	-$(DOCKER) image prune --force --filter label=echolab.stage
 	rm -rf $(LAB_BUILD)
 
 test-lab: venv ## Lab tests: build images, compose up, load, restart-check, hardening, down
