@@ -93,7 +93,8 @@ def test_real_sockets_server_first_close_leaves_time_wait_on_the_server_port() -
             time.sleep(0.01)
         try:
             counts = tcpstate.count_states(port)
-            assert counts == {"LISTEN": 1, "ESTABLISHED": 1, "TIME_WAIT": 1}
+            seen = tcpstate.read_sockets(port, side="any")
+            assert counts == {"LISTEN": 1, "ESTABLISHED": 1, "TIME_WAIT": 1}, seen
             assert tcpstate.time_wait_count(port, side="remote") == 0
             assert tcpstate.count_states(port, side="remote") == {"ESTABLISHED": 1}
             (tw,) = tcpstate.read_sockets(port, states=["TIME_WAIT"])
