@@ -51,9 +51,11 @@ molecule-%: venv molecule-image ansible-wheelhouse ## Run one scenario, e.g. mak
 molecule-clean: ## Destroy the containers of every scenario (images stay)
 	@for s in $(MOLECULE_SCENARIOS); do $(MOLECULE) destroy -s $$s >/dev/null || true; done
 
-ansible-lint: venv ## Lint the roles, playbooks and scenarios (ansible-lint production profile, yamllint)
-	cd ansible && $(abspath $(VENV))/bin/ansible-lint $(ANSIBLE_LINT_ARGS)
+ansible-lint: venv ## Lint roles, playbooks, scenarios, tests (ansible-lint production, yamllint, ruff)
+	cd ansible && PATH="$(abspath $(VENV))/bin:$$PATH" ansible-lint $(ANSIBLE_LINT_ARGS)
 	$(VENV)/bin/yamllint --strict ansible .ansible-lint .yamllint
+	$(VENV)/bin/ruff check ansible/tests
+	$(VENV)/bin/ruff format --check ansible/tests
 
 lint-extra:: venv
 	@$(MAKE) ansible-lint
