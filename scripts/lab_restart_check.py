@@ -11,7 +11,8 @@ container with its own network would wipe them and prove nothing). The check, st
 3. control: a second server with SO_REUSEADDR off tries the port and must fail (EADDRINUSE);
 4. the real server is started again; its `listening on` line proves the bind; the sockets are
    read again, and the TIME_WAIT sockets seen both before the start and after the bind (same
-   addresses and ports) are the ones that lingered at the moment the new server bound;
+   addresses and ports) are the ones that lingered at the moment the new server bound (only
+   those of the sessions this stop ended count: TIME_WAIT of an earlier run is left out);
 5. the namespace's identity (/proc/self/ns/net) is compared before and after.
 
 Exit 0 when the server rebound with TIME_WAIT present, 1 when it did not, 3 when the run proved
@@ -181,14 +182,16 @@ def main(argv: list[str] | None = None) -> int:
         before = wait_established(lab, args.clients, args.timeout)
         result["established_before_stop"] = before["server_side"].get("ESTABLISHED", 0)
         # TIME_WAIT left by an earlier run (it lasts 60 s) is told apart from this stop's.
-        result["time_wait_before_stop"] = len(server_time_wait(before))
+        tw_earlier = server_time_wait(before)
+        result["time_wait_before_stop"] = len(tw_earlier)
 
         say("2. stopping the server with them connected (SIGTERM, grace, FIN from the server)")
         t0 = time.monotonic()
         lab.run("stop", "-t", str(int(args.timeout)), "server", timeout=args.timeout + 30)
         result["stop_s"] = round(time.monotonic() - t0, 2)
         stopped = lab.sockets()
-        tw_stopped = server_time_wait(stopped)
+        # Only this stop's TIME_WAIT counts: the sessions it ended, not an earlier run's.
+        tw_stopped = server_time_wait(stopped) - tw_earlier
         result["listen_after_stop"] = stopped["server_side"].get("LISTEN", 0)
         result["time_wait_after_stop"] = len(tw_stopped)
         say(f"   server side now: {stopped['server_side'] or 'no sockets'}")
