@@ -42,7 +42,7 @@ from echolab.errors import (
     EXIT_USAGE,
     EcholabError,
 )
-from echolab.tcpstate import read_sockets, write_json
+from echolab.tcpstate import plain_address, read_sockets, write_json
 
 PROBE_INTERVAL = 0.005  # s between the prober's connection attempts ("every few ms")
 PROBE_TIMEOUT = 0.25  # s a probe connect may take before it counts as a timeout
@@ -106,7 +106,7 @@ class IdleClients:
     def __init__(self, family: int, sockaddr: tuple[Any, ...], n: int, timeout: float) -> None:
         self.sel = selectors.DefaultSelector()
         self.open: dict[int, socket.socket] = {}
-        self.ports: list[int] = []
+        self.endpoints: list[tuple[str, int]] = []  # our clients' (address, port)
         self.by_server = 0
         self.resets = 0
         self.last_close = 0.0
@@ -130,7 +130,8 @@ class IdleClients:
                         EXIT_FAILED,
                     )
                 sock.setblocking(False)
-                self.ports.append(sock.getsockname()[1])
+                name = sock.getsockname()
+                self.endpoints.append((plain_address(name[0]), name[1]))
                 self.sel.register(sock, selectors.EVENT_READ)
         except OSError as exc:
             self.close_all()
@@ -367,25 +368,34 @@ def is_local_address(family: int, sockaddr: tuple[Any, ...]) -> bool:
         return False
 
 
-def count_time_wait(port: int, client_ports: list[int]) -> tuple[int, int, int]:
-    """(server-side TIME_WAIT on the port, those from our clients, TIME_WAIT on our clients)."""
-    mine = set(client_ports)
-    server_side = read_sockets(port, "local", states=("TIME_WAIT",))
+def count_time_wait(
+    port: int, clients: list[tuple[str, int]], addr: str | None = None
+) -> tuple[int, int, int]:
+    """(server-side TIME_WAIT on the port, those facing our clients, TIME_WAIT on our clients).
+
+    Our clients' sockets are matched by address and port: a port number alone can also be in
+    use on another address of this host. `addr`: only the server's sockets on that address
+    (None: every address, as a wildcard listener's bind would face).
+    """
+    mine = set(clients)
+    server_side = read_sockets(port, "local", states=("TIME_WAIT",), addr=addr)
     client_side = read_sockets(port, "remote", states=("TIME_WAIT",))
     return (
         len(server_side),
-        sum(1 for s in server_side if s.remote_port in mine),
-        sum(1 for s in client_side if s.local_port in mine),
+        sum(1 for s in server_side if (plain_address(s.remote_addr), s.remote_port) in mine),
+        sum(1 for s in client_side if (plain_address(s.local_addr), s.local_port) in mine),
     )
 
 
-def settle_time_wait(port: int, client_ports: list[int], expect: int) -> tuple[int, int, int]:
+def settle_time_wait(
+    port: int, clients: list[tuple[str, int]], expect: int, addr: str | None = None
+) -> tuple[int, int, int]:
     """Count TIME_WAIT once the FIN/ACK exchanges have landed (at most SETTLE seconds)."""
     deadline = time.monotonic() + SETTLE
-    counts = count_time_wait(port, client_ports)
+    counts = count_time_wait(port, clients, addr)
     while counts[1] + counts[2] < expect and time.monotonic() < deadline:
         time.sleep(0.005)
-        counts = count_time_wait(port, client_ports)
+        counts = count_time_wait(port, clients, addr)
     return counts
 
 
@@ -413,7 +423,7 @@ def run_local(args: argparse.Namespace, report: Report) -> None:
         if args.close_first == "client":
             clients.close_all()
             # Let the children see EOF and exit, so the stop finds no session to close.
-            _wait_sessions_gone(port, clients.ports, timeout)
+            _wait_sessions_gone(port, clients.endpoints, timeout)
         report.time_wait_before = len(read_sockets(port, "local", states=("TIME_WAIT",)))
         prober = Prober(family, sockaddr)
         prober.start()
@@ -449,7 +459,9 @@ def run_local(args: argparse.Namespace, report: Report) -> None:
             report.restart_output = new.last_line()
             t_up = None
         prober.stop()
-        _count_into(report, port, clients)
+        # The server's own address, unless it listens on every address.
+        wildcard = host in ("0.0.0.0", "::", "")
+        _count_into(report, port, clients, None if wildcard else plain_address(sockaddr[0]))
         report.refused_during_restart = prober.count(t_stop, t_up or float("inf"), "refused")
         report.probe_attempts = prober.count(t_stop, t_up or float("inf"))
     finally:
@@ -462,23 +474,25 @@ def run_local(args: argparse.Namespace, report: Report) -> None:
         old.stop()
 
 
-def _wait_sessions_gone(port: int, client_ports: list[int], timeout: float) -> None:
-    mine = set(client_ports)
+def _wait_sessions_gone(port: int, clients: list[tuple[str, int]], timeout: float) -> None:
+    """Wait until the server has closed its side of our (client-closed) sessions."""
+    mine = set(clients)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         live = [
             s
             for s in read_sockets(port, "local")
-            if s.remote_port in mine and s.state not in ("TIME_WAIT", "LISTEN")
+            if (plain_address(s.remote_addr), s.remote_port) in mine
+            and s.state not in ("TIME_WAIT", "LISTEN")
         ]
         if not live:
             return
         time.sleep(0.01)
 
 
-def _count_into(report: Report, port: int, clients: IdleClients) -> None:
+def _count_into(report: Report, port: int, clients: IdleClients, addr: str | None = None) -> None:
     at_restart, from_clients, client_side = settle_time_wait(
-        port, clients.ports, clients.by_server or len(clients.ports)
+        port, clients.endpoints, clients.by_server or len(clients.endpoints), addr
     )
     report.time_wait_at_restart = at_restart
     report.time_wait_from_clients = from_clients
@@ -500,7 +514,7 @@ def run_managed(args: argparse.Namespace, report: Report) -> None:
         if args.close_first == "client":
             clients.close_all()
             if local:
-                _wait_sessions_gone(port, clients.ports, timeout)
+                _wait_sessions_gone(port, clients.endpoints, timeout)
             else:
                 time.sleep(SETTLE)
         if local:

@@ -143,32 +143,49 @@ def _lines(path: str) -> Iterator[str]:
         return
 
 
-def _match(sock: TcpSocket, port: int | None, side: Side) -> bool:
+def plain_address(addr: str) -> str:
+    """An address as a client sees it: an IPv4-mapped IPv6 address (a dual-stack server's view
+    of an IPv4 client, ::ffff:127.0.0.1) becomes the IPv4 address."""
+    return addr[7:] if addr.startswith("::ffff:") and "." in addr else addr
+
+
+def _end_matches(addr: str, port: int, want_port: int, want_addr: str | None) -> bool:
+    return port == want_port and (want_addr is None or plain_address(addr) == want_addr)
+
+
+def _match(sock: TcpSocket, port: int | None, side: Side, addr: str | None) -> bool:
     if port is None:
         return True
+    local = _end_matches(sock.local_addr, sock.local_port, port, addr)
     if side == "local":
-        return sock.local_port == port
+        return local
+    remote = _end_matches(sock.remote_addr, sock.remote_port, port, addr)
     if side == "remote":
-        return sock.remote_port == port
-    return port in (sock.local_port, sock.remote_port)
+        return remote
+    return local or remote
 
 
 def read_sockets(
     port: int | None = None,
     side: Side = "local",
     states: Iterable[str] | None = None,
+    addr: str | None = None,
 ) -> list[TcpSocket]:
     """TCP sockets (IPv4 and IPv6) whose `side` port is `port` (all when None), in `states`.
 
     `side="local"` is the server's view of its own port (its listener, sessions and their
     TIME_WAIT); `"remote"` is the clients' view (their sockets connected to that port).
+    `addr` narrows it to that address on the same side: one port number can be in use at
+    once on different local addresses (another program's outgoing connection from a
+    container bridge, say), and those sockets are not the server's.
     """
     wanted = set(states) if states is not None else None
+    want_addr = plain_address(addr) if addr is not None else None
     out = []
     for path, family in PROC_FILES:
         for line in _lines(path):
             sock = parse_line(line, family)
-            if sock is None or not _match(sock, port, side):
+            if sock is None or not _match(sock, port, side, want_addr):
                 continue
             if wanted is not None and sock.state not in wanted:
                 continue
@@ -176,14 +193,16 @@ def read_sockets(
     return out
 
 
-def count_states(port: int | None = None, side: Side = "local") -> dict[str, int]:
+def count_states(
+    port: int | None = None, side: Side = "local", addr: str | None = None
+) -> dict[str, int]:
     """Number of sockets per state on `port` (only states that occur)."""
-    return dict(Counter(s.state for s in read_sockets(port, side)))
+    return dict(Counter(s.state for s in read_sockets(port, side, addr=addr)))
 
 
-def time_wait_count(port: int, side: Side = "local") -> int:
+def time_wait_count(port: int, side: Side = "local", addr: str | None = None) -> int:
     """TIME_WAIT sockets on `port`: side="local" counts the server side, "remote" the clients'."""
-    return len(read_sockets(port, side, states=("TIME_WAIT",)))
+    return len(read_sockets(port, side, states=("TIME_WAIT",), addr=addr))
 
 
 def socket_owners(inodes: Iterable[int]) -> dict[int, list[tuple[int, str]]]:

@@ -167,7 +167,8 @@ def test_hold_mode_holds_every_connection_open_and_pings() -> None:
         deadline = time.monotonic() + 2.0
         established = 0
         while time.monotonic() < deadline and established < 24:
-            established = tcpstate.count_states(srv.port).get("ESTABLISHED", 0)
+            counts = tcpstate.count_states(srv.port, addr="127.0.0.1")
+            established = counts.get("ESTABLISHED", 0)
             time.sleep(0.05)
         out, err = proc.communicate(timeout=30)
     assert established == 24

@@ -67,6 +67,12 @@ def test_parse_rejects_header_and_junk(line: str) -> None:
     assert tcpstate.parse_line(line) is None
 
 
+def test_plain_address_unmaps_ipv4() -> None:
+    assert tcpstate.plain_address("::ffff:127.0.0.1") == "127.0.0.1"
+    assert tcpstate.plain_address("::1") == "::1"
+    assert tcpstate.plain_address("::ffff:1") == "::ffff:1"
+
+
 def test_state_names_cover_the_kernel_states() -> None:
     assert tcpstate.STATE_NAMES[0x06] == "TIME_WAIT"
     assert tcpstate.STATE_NAMES[0x0A] == "LISTEN"
@@ -89,19 +95,24 @@ def test_real_sockets_server_first_close_leaves_time_wait_on_the_server_port() -
         assert c1.recv(1) == b""
         c1.close()  # ...and the client answers: TIME_WAIT lands on the server's side
         deadline = time.monotonic() + 5
-        while tcpstate.time_wait_count(port) < 1 and time.monotonic() < deadline:
+        while tcpstate.time_wait_count(port, addr="127.0.0.1") < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         try:
-            counts = tcpstate.count_states(port)
+            # The same port number may be in use on another local address (an outgoing
+            # connection from a bridge address, say): look at loopback only.
+            counts = tcpstate.count_states(port, addr="127.0.0.1")
             seen = tcpstate.read_sockets(port, side="any")
             assert counts == {"LISTEN": 1, "ESTABLISHED": 1, "TIME_WAIT": 1}, seen
-            assert tcpstate.time_wait_count(port, side="remote") == 0
-            assert tcpstate.count_states(port, side="remote") == {"ESTABLISHED": 1}
-            (tw,) = tcpstate.read_sockets(port, states=["TIME_WAIT"])
+            assert tcpstate.time_wait_count(port, side="remote", addr="127.0.0.1") == 0
+            assert tcpstate.count_states(port, "remote", addr="127.0.0.1") == {"ESTABLISHED": 1}
+            assert tcpstate.count_states(port, addr="10.255.255.1") == {}
+            (tw,) = tcpstate.read_sockets(port, states=["TIME_WAIT"], addr="127.0.0.1")
             assert (tw.local_port, tw.remote_port) == (port, c1_port)
             assert 50.0 < tw.timer_s <= 60.0
             assert tw.inode == 0  # no process holds a TIME_WAIT socket
-            (est,) = tcpstate.with_owners(tcpstate.read_sockets(port, states=["ESTABLISHED"]))
+            (est,) = tcpstate.with_owners(
+                tcpstate.read_sockets(port, states=["ESTABLISHED"], addr="127.0.0.1")
+            )
             assert est.remote_port == c2.getsockname()[1]
             assert os.getpid() in est.pids
         finally:
