@@ -10,15 +10,15 @@ import errno
 import os
 import socket
 import stat
+import struct
 
 from echolab.errors import EXIT_FAILED, EXIT_OS_ERROR, EXIT_PERMISSION, EXIT_USAGE, EcholabError
+from echolab.netaddr import format_address
 
 SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): inherited sockets start at descriptor 3
 
 
-def format_address(host: str, port: int) -> str:
-    """HOST:PORT, with brackets around an IPv6 literal."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+__all__ = ["format_address", "inherited_listeners", "open_listener", "socket_address"]
 
 
 def socket_address(sock: socket.socket) -> str:
@@ -68,7 +68,21 @@ def inherited_listeners() -> list[socket.socket]:
     return sockets
 
 
-def open_listener(host: str, port: int, backlog: int, reuseaddr: bool = True) -> socket.socket:
+def set_idle_timeout(sock: socket.socket, seconds: float) -> None:
+    """SO_RCVTIMEO and SO_SNDTIMEO: blocking reads and writes fail with EAGAIN after `seconds`.
+
+    Set on a listener before listen(), every accepted connection inherits both (the kernel
+    clones the listener's struct sock), so a forked child needs no system call for them.
+    """
+    if seconds > 0:
+        tv = struct.pack("ll", int(seconds), int(seconds % 1 * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+
+
+def open_listener(
+    host: str, port: int, backlog: int, reuseaddr: bool = True, idle_timeout: float = 0.0
+) -> socket.socket:
     """Create, configure, bind and listen; raise EcholabError with one clear line on failure."""
     try:
         infos = socket.getaddrinfo(
@@ -91,6 +105,7 @@ def open_listener(host: str, port: int, backlog: int, reuseaddr: bool = True) ->
         if family == socket.AF_INET6 and sockaddr[0] in ("::", ""):
             # '::' means every address, IPv4 too (mapped), whatever net.ipv6.bindv6only says.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        set_idle_timeout(sock, idle_timeout)  # before listen(): no connection may miss it
         try:
             sock.bind(sockaddr)
         except OSError as exc:

@@ -91,6 +91,14 @@ class EventLog:
         except OSError:
             pass  # stderr gone: the event is lost, the server goes on
 
+    def always(self, msg: str, *args: object, **kw: Any) -> None:
+        """An INFO line whatever the threshold: the ready line tools wait for."""
+        level, self.level = self.level, DEBUG
+        try:
+            self.log(INFO, msg, *args, **kw)
+        finally:
+            self.level = level
+
     def debug(self, msg: str, *args: object, **kw: Any) -> None:
         self.log(DEBUG, msg, *args, **kw)
 

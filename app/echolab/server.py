@@ -1,7 +1,7 @@
 """The forking echo server: the parent listens and accepts, each client gets its own child.
 
 The parent is single-threaded and never blocks in accept(): it waits on the listeners, a
-signal wakeup pipe and the children's report pipe together (epoll + signal.set_wakeup_fd),
+signal wakeup pipe and the children's report pipe together (epoll + set_wakeup_fd),
 because since PEP 475 a blocked accept() is retried after a signal and never returns to the
 loop. Signal handlers only record the signal; the loop does the work (STYLE.md 1-3).
 
@@ -20,15 +20,16 @@ import fcntl
 import gc
 import os
 import select
-import signal
-import socket
 import struct
+import sys
 import time
-from argparse import Namespace
-from types import FrameType
 
-from echolab.listener import format_address, inherited_listeners, open_listener, socket_address
 from echolab.logs import INFO, WARNING, log
+from echolab.netaddr import format_address
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from argparse import Namespace
 
 # Tunables, each with its reason.
 CHUNK = 1 << 20  # bytes asked of one splice() call; the pipe's size bounds what one call moves
@@ -54,11 +55,23 @@ CHILD_STATUS = {
 }
 
 REPORT = struct.Struct("=iQ")  # (pid, bytes echoed): 12 bytes, written atomically (< PIPE_BUF)
-_HANDLED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT)
-# Plain ints for the child: signal.signal() wraps every call in Enum conversions, which run
-# enough Python to un-share ~130 pages (0.5 MiB) of the parent's memory in each child.
-_SIGINT, _SIGTERM = int(signal.SIGINT), int(signal.SIGTERM)
-_SIG_IGN = int(signal.SIG_IGN)
+# The serving process imports C modules only (_signal, _socket rather than signal, socket):
+# the Python wrappers pull in enum and friends, and every page of the parent is paid again
+# on every fork (page tables copied by fork(), copy-on-write faults after it). In the child,
+# signal.signal()'s Enum conversions alone un-shared ~130 pages (0.5 MiB) per child.
+_SIGCHLD, _SIGINT, _SIGTERM, _SIGKILL = (
+    _signal.SIGCHLD,
+    _signal.SIGINT,
+    _signal.SIGTERM,
+    _signal.SIGKILL,
+)
+_SIG_DFL, _SIG_IGN = _signal.SIG_DFL, _signal.SIG_IGN
+_HANDLED = (_SIGCHLD, _SIGTERM, _SIGINT)
+_SIGNAL_NAMES = {
+    number: name
+    for name, number in vars(_signal).items()
+    if name.startswith("SIG") and not name.startswith("SIG_") and isinstance(number, int)
+}
 _MAXFD = os.sysconf("SC_OPEN_MAX")
 
 
@@ -86,16 +99,19 @@ class ForkingEchoServer:
 
     def __init__(
         self,
-        listeners: list[socket.socket],
+        listeners: list[_socket.socket],
         *,
         max_children: int = 512,
         idle_timeout: float = 300.0,
         grace: float = 5.0,
+        timeouts_per_connection: bool = False,
+        origin: str = "",
     ) -> None:
         self.listeners = listeners
         self.max_children = max_children
         self.idle_timeout = idle_timeout
         self.grace = grace
+        self.origin = origin  # how the listeners came to be, for the ready line
         self.children: dict[int, Child] = {}
         self._signals: list[int] = []
         self._stopping = False
@@ -110,19 +126,18 @@ class ForkingEchoServer:
         self._report_r, self._report_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._epoll.register(self._wakeup_r, select.EPOLLIN)
         self._epoll.register(self._report_r, select.EPOLLIN)
-        self._by_fd: dict[int, socket.socket] = {}
+        self._by_fd: dict[int, _socket.socket] = {}
         for sock in listeners:
             sock.setblocking(False)
             self._by_fd[sock.fileno()] = sock
-            if idle_timeout > 0:
-                # The idle timeout, enforced by the kernel on every blocking splice()/recv()/
-                # send() of a session: EAGAIN after that long without a byte in (or room to
-                # send out). Set once on the listener: accepted sockets inherit SO_RCVTIMEO and
-                # SO_SNDTIMEO from it (the kernel clones the listener's struct sock), so a
-                # child needs no socket object and no system call for it.
-                tv = struct.pack("ll", int(idle_timeout), int(idle_timeout % 1 * 1e6))
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        # The idle timeout is enforced by the kernel on every blocking splice() of a session
+        # (SO_RCVTIMEO/SO_SNDTIMEO: EAGAIN after that long without a byte in or room out).
+        # Our own listener carries both options from before listen(), and accepted sockets
+        # inherit them. A listener inherited from systemd may hold connections queued before
+        # we started, so then the parent sets them on each connection it accepts.
+        self._idle_tv = b""
+        if timeouts_per_connection and idle_timeout > 0:
+            self._idle_tv = struct.pack("ll", int(idle_timeout), int(idle_timeout % 1 * 1e6))
 
     # ----- the parent's loop -------------------------------------------------------------
 
@@ -130,6 +145,7 @@ class ForkingEchoServer:
         """Run until SIGTERM or SIGINT, then shut down in order; return the exit status."""
         self.install_signal_handlers()
         self.resume_accepting()
+        self.announce()
         # Move every object made so far out of the collector's reach: a collection in the
         # parent would otherwise touch (and so un-share) all of them after each fork.
         gc.freeze()
@@ -144,6 +160,24 @@ class ForkingEchoServer:
             self.server_close()
         return 0
 
+    def announce(self) -> None:
+        """The ready line, once signals are handled and the listeners watched: tools wait for
+        `listening on HOST:PORT` before they connect, signal or count descriptors."""
+        for sock in self.listeners:
+            host, port = sock.getsockname()[:2]
+            reuse = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR)
+            log.always(
+                "listening on %s (%s; SO_REUSEADDR %s, up to %d children, idle timeout %g s, "
+                "grace %g s%s)",
+                format_address(host, port),
+                self.origin,
+                "on" if reuse else "off",
+                self.max_children,
+                self.idle_timeout,
+                self.grace,
+                ", PID 1: reaping orphans too" if os.getpid() == 1 else "",
+            )
+
     def wait_for_events(self, timeout: float | None) -> None:
         """Wait once on listeners, wakeup and reports; accept, reap and dispatch signals."""
         for fd, _ in self._epoll.poll(-1 if timeout is None else timeout):
@@ -157,11 +191,11 @@ class ForkingEchoServer:
 
     def install_signal_handlers(self) -> None:
         """Called once, before the loop: handlers that record, and the wakeup pipe."""
-        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        _signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
         for signum in _HANDLED:
-            signal.signal(signum, self.handle_signal)
+            _signal.signal(signum, self.handle_signal)
 
-    def handle_signal(self, signum: int, frame: FrameType | None) -> None:
+    def handle_signal(self, signum: int, frame: object) -> None:
         """Signal handler: record the signal, nothing else (no logging, no I/O)."""
         self._signals.append(signum)
 
@@ -170,11 +204,11 @@ class ForkingEchoServer:
         if not self._signals:
             return
         pending, self._signals[:] = set(self._signals), []
-        if signal.SIGCHLD in pending:
+        if _SIGCHLD in pending:
             self.reap_children()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (_SIGTERM, _SIGINT):
             if signum in pending:
-                self.handle_stop(signal.Signals(signum).name)
+                self.handle_stop(_SIGNAL_NAMES[signum])
 
     def handle_stop(self, name: str) -> None:
         """SIGTERM or SIGINT: stop accepting now; a second one ends the grace period."""
@@ -188,14 +222,14 @@ class ForkingEchoServer:
 
     # ----- accepting and forking -----------------------------------------------------------
 
-    def accept_clients(self, listener: socket.socket) -> None:
+    def accept_clients(self, listener: _socket.socket) -> None:
         """Called when a listener is readable: accept and fork up to ACCEPT_BATCH clients."""
         for _ in range(ACCEPT_BATCH):
             if len(self.children) >= self.max_children:
                 self.pause_accepting(None)
                 return
             try:
-                fd, addr = listener._accept()  # type: ignore[attr-defined]  # a bare fd: no socket object
+                fd, addr = listener._accept()  # type: ignore[attr-defined]  # a bare descriptor: no socket object to build
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -206,6 +240,11 @@ class ForkingEchoServer:
                     self.pause_accepting(RETRY_PAUSE)
                     return
                 raise
+            if self._idle_tv:
+                conn = _socket.socket(fileno=fd)
+                conn.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVTIMEO, self._idle_tv)
+                conn.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, self._idle_tv)
+                conn.detach()
             self.process_request(fd, addr)
 
     def process_request(self, fd: int, addr: tuple[str, int]) -> None:
@@ -307,7 +346,8 @@ class ForkingEchoServer:
             how = CHILD_STATUS.get(code, f"exit status {code}")
             level = WARNING if code == CHILD_ERROR else INFO
         elif os.WIFSIGNALED(status):
-            how = f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+            signum = os.WTERMSIG(status)
+            how = f"killed by {_SIGNAL_NAMES.get(signum, f'signal {signum}')}"
             level = WARNING
         else:
             how, level = f"status {status:#x}", WARNING
@@ -372,11 +412,11 @@ class ForkingEchoServer:
         self.wait_children(self.grace)
         if self.children:
             log.info("asking %d session(s) to close (SIGTERM)", len(self.children))
-            self.signal_children(signal.SIGTERM)
+            self.signal_children(_SIGTERM)
             self.wait_children(KILL_AFTER)
         if self.children:
             log.warning("%d session(s) still open: SIGKILL", len(self.children))
-            self.signal_children(signal.SIGKILL)
+            self.signal_children(_SIGKILL)
             self.wait_children(REAP_LIMIT)
         if self.children:
             log.error(
@@ -407,9 +447,9 @@ class ForkingEchoServer:
 
     def server_close(self) -> None:
         """Release the parent's descriptors and restore default signal handling."""
-        signal.set_wakeup_fd(-1)
+        _signal.set_wakeup_fd(-1)
         for signum in _HANDLED:
-            signal.signal(signum, signal.SIG_DFL)
+            _signal.signal(signum, _SIG_DFL)
         for sock in self.listeners:
             sock.close()
         self._epoll.close()
@@ -443,12 +483,16 @@ class ForkingEchoServer:
         try:
             try:
                 echo_splice(fd, moved)
+                # The client closed first and everything it sent is echoed: nothing unread,
+                # so close() sends a plain FIN (and TIME_WAIT stays on the client's side).
+                os.close(fd)
                 status = CHILD_EOF
             except BlockingIOError:  # SO_RCVTIMEO/SO_SNDTIMEO, inherited from the listener
+                close_in_order(_socket.socket(fileno=fd))
                 status = CHILD_IDLE
             except _Shutdown:
+                close_in_order(_socket.socket(fileno=fd))
                 status = CHILD_SHUTDOWN
-            close_in_order(_socket.socket(fileno=fd))
         except (ConnectionError, TimeoutError):
             status = CHILD_RESET  # ECONNRESET, EPIPE, ETIMEDOUT: nothing left to close in order
         except _Shutdown:
@@ -463,7 +507,7 @@ class ForkingEchoServer:
         return status
 
 
-def _raise_shutdown(signum: int, frame: FrameType | None) -> None:
+def _raise_shutdown(signum: int, frame: object) -> None:
     _signal.signal(_SIGTERM, _SIG_IGN)
     raise _Shutdown
 
@@ -474,24 +518,20 @@ def echo_splice(fd: int, moved: list[int]) -> None:
     An idle client's child waits in the first splice() having touched as little as it can;
     the pipe grows to PIPE_SIZE only once data flows.
     """
-    r, w = os.pipe2(0)  # no O_CLOEXEC: a child never executes another program
+    r, w = os.pipe2(0)  # no O_CLOEXEC, no close(): the child never execs, and exits next
     splice = os.splice
-    try:
-        n = splice(fd, w, CHUNK)  # blocks until data, EOF (0) or the idle timeout (EAGAIN)
-        if n:
-            try:
-                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-            except OSError:
-                pass  # over the user's pipe-user-pages-soft: the 64 KiB default still works
+    n = splice(fd, w, CHUNK)  # blocks until data, EOF (0) or the idle timeout (EAGAIN)
+    if n:
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # over the user's pipe-user-pages-soft: the 64 KiB default still works
+    while n:
         while n:
-            while n:
-                sent = splice(r, fd, n)
-                n -= sent
-                moved[0] += sent
-            n = splice(fd, w, CHUNK)
-    finally:
-        os.close(r)
-        os.close(w)
+            sent = splice(r, fd, n)
+            n -= sent
+            moved[0] += sent
+        n = splice(fd, w, CHUNK)
 
 
 def close_in_order(conn: _socket.socket) -> None:
@@ -501,7 +541,7 @@ def close_in_order(conn: _socket.socket) -> None:
     moment, because close() with unread data would answer with an RST.
     """
     try:
-        conn.shutdown(socket.SHUT_WR)
+        conn.shutdown(_socket.SHUT_WR)
         conn.settimeout(DRAIN_TIME)
         deadline = time.monotonic() + DRAIN_TIME
         while time.monotonic() < deadline and conn.recv(65536):
@@ -521,29 +561,79 @@ def _peer_of(fd: int) -> tuple[str, int]:
 
 
 def run(args: Namespace) -> int:
-    """`echolab serve`: open (or inherit) the listener and serve until stopped."""
+    """`echolab serve`: open (or inherit) the listeners, then serve from a lean process.
+
+    This process has argparse, socket, enum and re loaded; a parent that had them would pay
+    for them on every fork (measured: 700 vs 490 us of CPU per fork+exit+wait). So once the
+    listeners are open (errors reported here, with their exit codes), it replaces itself
+    (same PID: systemd and PID 1 are unaffected) with `python -I -S` that imports C modules
+    and this module only, handing over the listening sockets by descriptor number. The ready
+    line comes from that process once it handles signals. Connections that arrive meanwhile wait
+    in the kernel's backlog.
+    """
+    from echolab.listener import inherited_listeners, open_listener
+
     log.configure(args.log_level, args.log_format)
     listeners = inherited_listeners()
-    source = "inherited from systemd" if listeners else None
+    inherited = bool(listeners)
+    origin = "inherited from systemd" if listeners else f"backlog {args.backlog}"
     if not listeners:
-        listeners = [open_listener(args.host, args.port, args.backlog, not args.no_reuseaddr)]
+        listeners = [
+            open_listener(
+                args.host, args.port, args.backlog, not args.no_reuseaddr, args.idle_timeout
+            )
+        ]
+    config = {
+        "fds": ",".join(str(sock.fileno()) for sock in listeners),
+        "max_children": args.max_children,
+        "idle_timeout": args.idle_timeout,
+        "grace": args.grace,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+        "inherited": int(inherited),
+        "origin": origin,
+    }
+    if sys.executable:
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        boot = (
+            f"import sys; sys.path.insert(0, {package_root!r}); "
+            "import echolab.server as s; s.lean_main()"
+        )
+        for sock in listeners:
+            sock.set_inheritable(True)
+        argv = [sys.executable, "-I", "-S", "-c", boot]
+        argv += [f"{key}={value}" for key, value in config.items()]
+        try:
+            os.execv(sys.executable, argv)  # noqa: S606  the same interpreter, fixed arguments
+        except OSError as exc:
+            log.warning(
+                "cannot re-execute %s (%s): serving from this process", sys.executable, exc.strerror
+            )
     server = ForkingEchoServer(
-        listeners,
+        [_socket.socket(fileno=sock.detach()) for sock in listeners],
         max_children=args.max_children,
         idle_timeout=args.idle_timeout,
         grace=args.grace,
+        timeouts_per_connection=inherited,
+        origin=origin,
     )
-    for sock in listeners:
-        reuse = sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
-        log.info(
-            "listening on %s (%s; SO_REUSEADDR %s, up to %d children, idle timeout %g s, "
-            "grace %g s%s)",
-            socket_address(sock),
-            source or f"backlog {args.backlog}",
-            "on" if reuse else "off",
-            args.max_children,
-            args.idle_timeout,
-            args.grace,
-            ", PID 1: reaping orphans too" if os.getpid() == 1 else "",
-        )
     return server.serve_forever()
+
+
+def lean_main() -> None:
+    """Entry point of the lean serving process: `key=value` arguments from run()."""
+    config = dict(arg.partition("=")[::2] for arg in sys.argv[1:])
+    log.configure(config["log_level"], config["log_format"])
+    listeners = []
+    for fd in config["fds"].split(","):
+        os.set_inheritable(int(fd), False)
+        listeners.append(_socket.socket(fileno=int(fd)))
+    server = ForkingEchoServer(
+        listeners,
+        max_children=int(config["max_children"]),
+        idle_timeout=float(config["idle_timeout"]),
+        grace=float(config["grace"]),
+        timeouts_per_connection=config["inherited"] == "1",
+        origin=config["origin"],
+    )
+    raise SystemExit(server.serve_forever())
