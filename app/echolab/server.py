@@ -595,8 +595,8 @@ def run(args: Namespace) -> int:
     }
     if sys.executable:
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        boot = (
-            f"import sys; sys.path.insert(0, {package_root!r}); "
+        boot = (  # the leading string names the process for `ps` and `pgrep -f`
+            f"'echolab serve'; import sys; sys.path.insert(0, {package_root!r}); "
             "import echolab.server as s; s.lean_main()"
         )
         for sock in listeners:
