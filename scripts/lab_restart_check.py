@@ -13,7 +13,8 @@ container with its own network would wipe them and prove nothing). The check, st
    read again, and the TIME_WAIT sockets seen both before the start and after the bind (same
    addresses and ports) are the ones that lingered at the moment the new server bound (only
    those of the sessions this stop ended count: TIME_WAIT of an earlier run is left out);
-5. the namespace's identity (/proc/self/ns/net) is compared before and after.
+5. the namespace's holder (its process, which keeps the namespace alive) is the same before and
+   after, and the server's network mode is still `container:<holder>`.
 
 Exit 0 when the server rebound with TIME_WAIT present, 1 when it did not, 3 when the run proved
 nothing (no server-side TIME_WAIT at the restart). Standard library only; runs on the host.
@@ -81,9 +82,17 @@ class Lab:
         report: dict[str, Any] = json.loads(proc.stdout)
         return report
 
-    def netns_id(self) -> str:
-        """The network namespace of the holder, as the kernel names it (net:[inode])."""
-        return self.run("exec", "-T", "netns", "readlink", "/proc/self/ns/net").stdout.strip()
+    def netns_holder(self, server: str) -> str:
+        """Who holds the server's network namespace: the holder's id, host PID and start time.
+
+        A namespace lives as long as a process in it, so the same holder process before and
+        after the restart means the same namespace. (Its nsfs inode number alone proves
+        nothing: a freed number is handed to the next new namespace at once.)
+        """
+        holder = self.container("netns")
+        if self.inspect(server, "{{.HostConfig.NetworkMode}}") != f"container:{holder}":
+            fail("the server does not share the netns holder's network namespace")
+        return self.inspect(holder, "{{.Name}} pid {{.State.Pid}} up since {{.State.StartedAt}}")
 
     def logs_since(self, cid: str, since: float) -> list[str]:
         """The container's log lines since `since` (epoch s), each after Docker's timestamp."""
@@ -174,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     lab.run("up", "-d", "server")
     server = lab.container("server")
     lab.wait_healthy(server, args.timeout)
-    netns_before = lab.netns_id()
+    netns_before = lab.netns_holder(server)
     result: dict[str, Any] = {"port": args.port, "clients": args.clients, "reuseaddr": True}
     try:
         say(f"1. connecting {args.clients} hold clients (the `hold` service, loadgen image)")
@@ -241,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             for s in after["sockets"]
             if s["side"] == "server" and (s["local"], s["remote"]) in lingered
         )
-        netns_after = lab.netns_id()
+        netns_after = lab.netns_holder(server)
         result["netns"] = netns_before
         result["netns_kept"] = netns_before == netns_after
     finally:
@@ -271,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
 
     left = result["time_wait_left_s"]
     rows = [
-        ("network namespace", f"{netns_before} kept: {'yes' if result['netns_kept'] else 'NO'}"),
+        ("network namespace", f"kept: {'yes' if result['netns_kept'] else 'NO'}, held by "
+                              f"{netns_before.lstrip('/')}"),
         ("hold clients", f"{result['established_before_stop']} ESTABLISHED before the stop "
                          f"(TIME_WAIT {result['time_wait_before_stop']} from earlier runs)"),
         ("stop took", f"{result['stop_s']:.1f} s (server grace included)"),

@@ -239,9 +239,12 @@ def test_hardening_as_docker_inspect_and_the_kernel_see_it(up: Lab) -> None:
     assert fields["CapEff"].strip() == "0000000000000000"
     assert fields["CapBnd"].strip() == "0000000000000000"
     assert fields["NoNewPrivs"].strip() == "1"
-    assert "echolab serve" in docker("exec", cid, "cat", "/proc/1/cmdline").stdout.replace(
-        "\0", " "
+    # PID 1 is the server itself (no init in between): it alone holds the listening socket.
+    report = json.loads(
+        docker("exec", cid, "echolab", "sockets", "--port", "7007", "--json", "-").stdout
     )
+    listeners = [x for x in report["sockets"] if x["state"] == "LISTEN"]
+    assert [x["pids"] for x in listeners] == [[1]], listeners
     write = docker("exec", cid, "touch", "/opt/echolab/x", check=False)
     assert write.returncode != 0 and "Read-only file system" in write.stderr
     # The namespace holder, which owns the published port, is locked down the same way.
@@ -326,6 +329,36 @@ def test_restart_check_rebinds_while_time_wait_lingers(up: Lab, tmp_path: Path) 
     assert re.search(r"rebind\s+ok after", out) and re.search(r"rebind\s+EADDRINUSE", out)
     # The lab is left running and healthy.
     assert up.inspect(up.server())["State"]["Health"]["Status"] == "healthy"
+
+
+def test_a_plain_docker_restart_would_wipe_time_wait(up: Lab) -> None:
+    """The trap the netns holder avoids: a container's restart gets a new network namespace."""
+    make_time_wait = (
+        "import socket; srv = socket.create_server(('127.0.0.1', 7100)); "
+        "cli = socket.create_connection(('127.0.0.1', 7100)); conn, _ = srv.accept(); "
+        "conn.close(); cli.recv(1); cli.close()"  # the server's side closes first
+    )
+    name = f"{PROJECT}_restart_trap"
+    docker("rm", "--force", name, check=False)
+    docker(
+        "run", "--detach", "--name", name, "--network", "none", "--entrypoint", "sleep",
+        f"echolab/server:{version()}", "infinity",
+    )  # fmt: skip
+    try:
+        docker("exec", name, "python3", "-c", make_time_wait)
+
+        def time_wait() -> int:
+            out = docker("exec", name, "echolab", "sockets", "--port", "7100", "--json", "-")
+            count: int = json.loads(out.stdout)["server_side"].get("TIME_WAIT", 0)
+            return count
+
+        assert time_wait() == 1
+        docker("restart", "--time", "1", name)
+        # A new namespace: the socket is gone, though its 60 s are far from over. (Its nsfs
+        # inode number may well be the same: a freed number is reused at once.)
+        assert time_wait() == 0
+    finally:
+        docker("rm", "--force", name, check=False)
 
 
 def test_sockets_view_runs_inside_the_lab(up: Lab) -> None:
