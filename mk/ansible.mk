@@ -38,10 +38,10 @@ molecule-image: ## Build the Molecule platform images echolab/molecule:<suite> (
 	  || { echo "molecule: the Docker engine is unreachable ('$(DOCKER) info' failed)" >&2; exit 1; }
 	@DOCKER=$(DOCKER) MOLECULE_INCLUDE=$(MOLECULE_INCLUDE) docker/molecule/build.sh $(MOLECULE_SUITES)
 
-molecule: venv molecule-image ansible-wheelhouse ## Run every Molecule scenario (docker driver, offline)
+molecule: venv molecule-image ansible-wheelhouse ## Run every Molecule scenario, offline (one: make molecule-<scenario>)
 	@for s in $(MOLECULE_SCENARIOS); do \
 	  start=$$(date +%s); \
-	  $(MOLECULE) test -s $$s $(MOLECULE_ARGS) || { echo "molecule: scenario $$s FAILED" >&2; exit 1; }; \
+	  ( $(MOLECULE) test -s $$s $(MOLECULE_ARGS) ) || { echo "molecule: scenario $$s FAILED" >&2; exit 1; }; \
 	  echo "molecule: scenario $$s passed in $$(( $$(date +%s) - start )) s"; \
 	done
 
@@ -49,13 +49,14 @@ molecule-%: venv molecule-image ansible-wheelhouse ## Run one scenario, e.g. mak
 	$(MOLECULE) test -s $* $(MOLECULE_ARGS)
 
 molecule-clean: ## Destroy the containers of every scenario (images stay)
-	@for s in $(MOLECULE_SCENARIOS); do $(MOLECULE) destroy -s $$s >/dev/null || true; done
+	@for s in $(MOLECULE_SCENARIOS); do ( $(MOLECULE) destroy -s $$s >/dev/null ) || true; done
 
-ansible-lint: venv ## Lint roles, playbooks, scenarios, tests (ansible-lint production, yamllint, ruff)
+ansible-lint: venv ## Lint the Ansible tree: ansible-lint (production), yamllint, ruff, hadolint
 	cd ansible && PATH="$(abspath $(VENV))/bin:$$PATH" ansible-lint $(ANSIBLE_LINT_ARGS)
 	$(VENV)/bin/yamllint --strict ansible .ansible-lint .yamllint
 	$(VENV)/bin/ruff check ansible/tests
 	$(VENV)/bin/ruff format --check ansible/tests
+	$(VENV)/bin/hadolint docker/molecule/Dockerfile
 
 lint-extra:: venv
 	@$(MAKE) ansible-lint
