@@ -39,7 +39,7 @@ LAB_ALL = $(LAB_COMPOSE) --profile load --profile check
 LAB_IMAGES := echolab/server echolab/loadgen
 HADOLINT_FILES := docker/server/Dockerfile docker/loadgen/Dockerfile
 
-.PHONY: docker-check compose-check base-image lab-wheels images lab-up lab-load \
+.PHONY: docker-check compose-check base-image lab-wheels images lab-images-present lab-up lab-load \
 	lab-restart-check lab-sockets lab-logs lab-ps lab-down lab-clean test-lab
 
 # Every lab target depends on these: a clear message and a non-zero exit without an engine.
@@ -99,7 +99,11 @@ lab-up: compose-check images ## Build what is missing, start the server, wait un
 	@echo "  make lab-logs | lab-ps | lab-down"
 	@echo "  .venv/bin/echolab probe --target 127.0.0.1:$(ECHOLAB_HOST_PORT)   from the host"
 
-lab-load: compose-check ## Run LOAD_SCALE loadgen containers (ECHOLAB_LOAD_MODE/CLIENTS/DURATION) and check each verdict
+# For the targets that need the images but should not rebuild them: build only when missing.
+lab-images-present: compose-check
+	@$(DOCKER) image inspect $(foreach i,$(LAB_IMAGES),$(i):$(VERSION)) >/dev/null 2>&1 || $(MAKE) images
+
+lab-load: lab-images-present ## Run LOAD_SCALE loadgen containers (ECHOLAB_LOAD_MODE/CLIENTS/DURATION) and check each verdict
 	@$(LAB_ALL) rm -fsv loadgen >/dev/null 2>&1 || true
 	@echo "lab: $(COMPOSE) -p $(COMPOSE_PROJECT_NAME) --profile load up --scale loadgen=$(LOAD_SCALE) loadgen"
 	@$(LAB_COMPOSE) --profile load up --no-color --scale loadgen=$(LOAD_SCALE) loadgen
@@ -111,7 +115,7 @@ lab-load: compose-check ## Run LOAD_SCALE loadgen containers (ECHOLAB_LOAD_MODE/
 	  echo "lab-load: $${1#/} exited $$2"; [ "$$2" = 0 ] || failed=1; \
 	done; exit $$failed
 
-lab-restart-check: compose-check ## Stop+start the server with clients connected; prove TIME_WAIT lingered and it rebound
+lab-restart-check: lab-images-present ## Stop+start the server with clients connected; prove TIME_WAIT lingered and it rebound
 	@$(PYTHON) scripts/lab_restart_check.py --compose "$(LAB_COMPOSE)" --port $(ECHOLAB_PORT) \
 	  --clients $(ECHOLAB_CHECK_CLIENTS) $(if $(LAB_JSON),--json $(LAB_JSON))
 	@echo; echo "lab: the same lesson measured by 'echolab restart-check' (local mode, own loopback), both ways:"
