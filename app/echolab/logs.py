@@ -31,6 +31,8 @@ class EventLog:
         self.level = level
         self.json = fmt == "json"
         self.fd = fd
+        self._second = -1
+        self._stamp = ""
 
     def configure(self, level: str = "info", fmt: str = "text", fd: int | None = None) -> None:
         """Set the threshold and format; called once at start-up, before any fork."""
@@ -54,9 +56,11 @@ class EventLog:
             return
         text = msg % args if args else msg
         now = time.time()
-        stamp = (
-            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-        )
+        second = int(now)
+        if second != self._second:  # strftime once a second, not once a line
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        stamp = f"{self._stamp}.{int(now % 1 * 1000):03d}Z"
         trace = ""
         if exc:
             import traceback  # only when there is one to print

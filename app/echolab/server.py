@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 # Tunables, each with its reason.
 CHUNK = 1 << 20  # bytes asked of one splice() call; the pipe's size bounds what one call moves
-PIPE_SIZE = 1 << 18  # 256 KiB pipe per child: fewer splice() calls per MiB than the 64 KiB default
+PIPE_SIZE = 1 << 18  # 256 KiB pipe per streaming child: fewer splice() calls per MiB
+DEFAULT_PIPE_SIZE = 1 << 16  # what pipe2() gives; short sessions never grow theirs
 ACCEPT_BATCH = 64  # accepts per wakeup before the loop looks at signals again
 RETRY_PAUSE = 0.1  # s without accepting after fork() or accept() ran out of a resource
 KILL_AFTER = 1.0  # s between SIGTERM to the remaining children and SIGKILL to stragglers
@@ -203,7 +204,10 @@ class ForkingEchoServer:
         """Called by the loop after every wakeup: act on the signals recorded since."""
         if not self._signals:
             return
-        pending, self._signals[:] = set(self._signals), []
+        # Swap the list, never clear it in place: a handler that runs between two bytecodes
+        # here appends either to the list taken now or to the fresh one, and nothing is lost.
+        taken, self._signals = self._signals, []
+        pending = set(taken)
         if _SIGCHLD in pending:
             self.reap_children()
         for signum in (_SIGTERM, _SIGINT):
@@ -516,12 +520,12 @@ def echo_splice(fd: int, moved: list[int]) -> None:
     """Echo with splice(2): socket -> pipe -> socket, the bytes never copied into Python.
 
     An idle client's child waits in the first splice() having touched as little as it can;
-    the pipe grows to PIPE_SIZE only once data flows.
+    the pipe grows to PIPE_SIZE only once a first read fills the default one.
     """
     r, w = os.pipe2(0)  # no O_CLOEXEC, no close(): the child never execs, and exits next
     splice = os.splice
     n = splice(fd, w, CHUNK)  # blocks until data, EOF (0) or the idle timeout (EAGAIN)
-    if n:
+    if n >= DEFAULT_PIPE_SIZE:  # a full default pipe: a stream, worth fewer, larger moves
         try:
             fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         except OSError:
