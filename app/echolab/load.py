@@ -518,6 +518,9 @@ def _long_lived_loop(
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
                     fail(fd, _ERRNO_KIND.get(err, "other"), f"connect: {_errno_text(err)}")
+                    # Pause before replacing it: a flood of refused connects from recycled
+                    # ports would make the kernel discard the server's TIME_WAIT sockets.
+                    backoff_until = t + 0.05
                     continue
                 us = int((t - c.t0) * 1e6)
                 record(chist, us)
