@@ -491,12 +491,6 @@ def interpreter_facts(python: str) -> dict[str, object]:
         "startup_extra_modules": extra,
         "fork_ms_bare": fork_ms(),
     }
-    try:
-        facts["fork_ms_after_echolab_imports"] = fork_ms(
-            "echolab.cli", "echolab.server", "echolab.logs"
-        )
-    except subprocess.CalledProcessError:
-        facts["fork_ms_after_echolab_imports"] = None
     return facts
 
 
@@ -1010,10 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(interp['pth_files']) or 'none'}; extra start-up modules: "
         f"{', '.join(interp['startup_extra_modules']) or 'none'}"
     )
-    progress(
-        f"fork()+_exit()+waitpid() of that interpreter: {interp['fork_ms_bare']} ms bare, "
-        f"{interp['fork_ms_after_echolab_imports']} ms after importing echolab's server"
-    )
+    progress(f"fork()+_exit()+waitpid() of that interpreter, bare: {interp['fork_ms_bare']} ms")
     if interp["startup_extra_modules"]:
         progress(
             "WARNING: the interpreter imports modules beyond the standard library's site "
