@@ -159,12 +159,13 @@ def test_hold_mode_holds_every_connection_open_and_pings() -> None:
         proc = subprocess.Popen(
             echolab_cmd(
                 "load", "--target", f"127.0.0.1:{srv.port}", "--mode", "hold",
-                "--clients", "24", "--duration", "2.5", "--json", "-", "--no-progress",
+                "--clients", "24", "--duration", "4", "--json", "-", "--no-progress",
             ),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
         )  # fmt: skip
-        # While it runs, the server carries 24 sessions.
-        deadline = time.monotonic() + 2.0
+        # While it runs, the server carries 24 sessions (the window leaves room for the
+        # workers' start-up on a busy machine, and ends before the hold does).
+        deadline = time.monotonic() + 3.5
         established = 0
         while time.monotonic() < deadline and established < 24:
             counts = tcpstate.count_states(srv.port, addr="127.0.0.1")
@@ -177,7 +178,7 @@ def test_hold_mode_holds_every_connection_open_and_pings() -> None:
     assert_schema(data, "hold")
     assert data["connections_ok"] == 24
     assert data["peak_open"] == 24
-    assert data["pings_ok"] >= 24  # each connection pinged at least once in 2.5 s
+    assert data["pings_ok"] >= 24  # each connection pinged at least once in 4 s
     assert data["latency_ms"]["p50"] is not None
 
 
