@@ -857,7 +857,11 @@ def render_targets(targets: list[dict[str, object]]) -> str:
         elif t["kind"] == "ratio":
             v = float(value)
             shown = f"{v:.2f}x"
-            verdict = "met" if t["met"] else f"MISSED by {(bar - v) / bar:.0%}"
+            short = (bar - v) / bar
+            if t["met"]:
+                verdict = "met"
+            else:
+                verdict = f"MISSED by {short:.1%}" if short < 0.1 else f"MISSED by {short:.0%}"
         else:
             v = float(value)
             shown = f"{v:,.0f} KiB"

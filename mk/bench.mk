@@ -41,9 +41,9 @@ $(BENCH_VENV)/.installed: pyproject.toml $(wildcard app/echolab/*.py)
 
 bench-venv: $(BENCH_VENV)/.installed ## Create the benchmark's clean venv (echolab, nothing else)
 
-bench: $(BENCH_TOOLS) $(BENCH_VENV)/.installed ## Benchmark echolab serve against its peers (~6 min; results in bench/results/)
-	$(BENCH_RUN) --connections $(BENCH_CONNECTIONS) --inflight $(BENCH_INFLIGHT) \
-		--streams $(BENCH_STREAMS) --stream-seconds $(BENCH_STREAM_SECONDS) \
+bench: $(BENCH_TOOLS) $(BENCH_VENV)/.installed ## Benchmark echolab serve against its peers (5-9 min; results in bench/results/)
+	$(BENCH_RUN) --connections $(BENCH_CONNECTIONS) --inflight '$(BENCH_INFLIGHT)' \
+		--streams '$(BENCH_STREAMS)' --stream-seconds $(BENCH_STREAM_SECONDS) \
 		--idle-clients $(BENCH_IDLE_CLIENTS) --repeats $(BENCH_REPEATS) $(BENCH_ARGS)
 
 bench-smoke: $(BENCH_TOOLS) $(BENCH_VENV)/.installed ## Run the benchmark with tiny sizes (~20 s; checks it works, figures mean nothing)
