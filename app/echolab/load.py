@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import multiprocessing
 import os
 import random
@@ -34,6 +33,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, TextIO
 
 from echolab.errors import EXIT_FAILED, EXIT_OK, EXIT_OS_ERROR, EXIT_USAGE, EcholabError
+from echolab.report import print_rows, write_json
 
 DEFAULT_DURATION = 10.0
 # Errors by kind; every kind always appears in the results (zero when none).
@@ -782,28 +782,10 @@ def _pct_text(p: dict[str, float | None]) -> str:
 def print_summary(summary: dict[str, Any], out: TextIO) -> None:
     """A table at the end: rich on a terminal when rich is installed, aligned text otherwise."""
     rows = render_summary(summary)
-    if out.isatty():
-        try:
-            from rich.console import Console
-            from rich.table import Table
-        except ImportError:
-            pass
-        else:
-            table = Table(title="echolab load", show_header=False, title_justify="left")
-            table.add_column(style="bold")
-            table.add_column()
-            for label, value in rows:
-                style = ""
-                if label == "result":
-                    style = "bold green" if value == "PASS" else "bold red"
-                table.add_row(label, value, style=style)
-            Console(file=out).print(table)
-            return
-    width = max(len(label) for label, _ in rows)
-    print("echolab load", file=out)
-    for label, value in rows:
-        print(f"  {label.ljust(width)}  {value}", file=out)
-    out.flush()
+    verdict = dict(rows).get("result", "")
+    print_rows(
+        "echolab load", rows, out, {"result": "bold green" if verdict == "PASS" else "bold red"}
+    )
 
 
 class _Progress:
@@ -916,7 +898,7 @@ def run(args: argparse.Namespace) -> int:
         args, target=target, workers=n_workers, seed=seed, merged=merged, interrupted=interrupted
     )
     if args.json_file is not None:
-        _write_json(summary, args.json_file)
+        write_json(summary, args.json_file)
     print_summary(summary, summary_out)
     if interrupted:
         return 130
@@ -993,16 +975,3 @@ def _drive(
     if fatal:
         raise EcholabError(f"load worker failed: {fatal[0]}", EXIT_FAILED)
     return merge([results[i] for i in sorted(results)]), interrupted
-
-
-def _write_json(summary: dict[str, Any], path: str) -> None:
-    text = json.dumps(summary, indent=2) + "\n"
-    if path == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    try:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-    except OSError as exc:
-        raise EcholabError(f"cannot write {path}: {exc.strerror}", EXIT_OS_ERROR) from None

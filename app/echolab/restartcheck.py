@@ -42,7 +42,8 @@ from echolab.errors import (
     EXIT_USAGE,
     EcholabError,
 )
-from echolab.tcpstate import plain_address, read_sockets, write_json
+from echolab.report import print_rows, write_json
+from echolab.tcpstate import plain_address, read_sockets
 
 PROBE_INTERVAL = 0.005  # s between the prober's connection attempts ("every few ms")
 PROBE_TIMEOUT = 0.25  # s a probe connect may take before it counts as a timeout
@@ -697,27 +698,8 @@ def render_rows(r: Report) -> list[tuple[str, str]]:
 
 def print_report(r: Report, out: TextIO) -> None:
     """A short table: rich on a terminal when rich is installed, aligned text otherwise."""
-    rows = render_rows(r)
-    if out.isatty():
-        try:
-            from rich.console import Console
-            from rich.table import Table
-        except ImportError:
-            pass
-        else:
-            table = Table(title="echolab restart-check", show_header=False, title_justify="left")
-            table.add_column(style="bold", no_wrap=True)
-            table.add_column()
-            colour = {"pass": "bold green", "fail": "bold red"}.get(r.verdict, "bold yellow")
-            for label, value in rows:
-                table.add_row(label, value, style=colour if label == "verdict" else "")
-            Console(file=out).print(table)
-            return
-    width = max(len(label) for label, _ in rows)
-    print("echolab restart-check", file=out)
-    for label, value in rows:
-        print(f"  {label.ljust(width)}  {value}", file=out)
-    out.flush()
+    colour = {"pass": "bold green", "fail": "bold red"}.get(r.verdict, "bold yellow")
+    print_rows("echolab restart-check", render_rows(r), out, {"verdict": colour})
 
 
 def run(args: argparse.Namespace) -> int:

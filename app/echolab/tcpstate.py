@@ -13,17 +13,16 @@ TIME_WAIT socket, `tr` is 3 and `tm->when` is the time left before the kernel re
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import struct
-import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from echolab.errors import EXIT_OS_ERROR, EcholabError
+from echolab.report import write_json
 
 PROC_FILES = (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6))
 
@@ -334,20 +333,6 @@ def render_text(report: dict[str, Any], max_rows: int = 20) -> str:
     for (side, state), n in hidden.items():
         lines.append(f"  ... and {n} more {side}-side {state} (all of them in --json)")
     return "\n".join(lines)
-
-
-def write_json(data: dict[str, Any], path: str) -> None:
-    """Write `data` as JSON to `path`, or to stdout for '-'."""
-    text = json.dumps(data, indent=2) + "\n"
-    if path == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    try:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-    except OSError as exc:
-        raise EcholabError(f"cannot write {path}: {exc.strerror}", EXIT_OS_ERROR) from None
 
 
 def run(args: argparse.Namespace) -> int:
