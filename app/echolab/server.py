@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 # Tunables, each with its reason.
 CHUNK = 1 << 20  # bytes asked of one splice() call; the pipe's size bounds what one call moves
 PIPE_SIZE = 1 << 18  # 256 KiB pipe per streaming child: fewer splice() calls per MiB
-DEFAULT_PIPE_SIZE = 1 << 16  # what pipe2() gives; short sessions never grow theirs
+STREAM_HINT = 1 << 15  # a read this large means a bulk stream: grow the pipe (short sessions
+# never do, so an idle or chatty child keeps the default 64 KiB pipe and touches no more)
 ACCEPT_BATCH = 64  # accepts per wakeup before the loop looks at signals again
 RETRY_PAUSE = 0.1  # s without accepting after fork() or accept() ran out of a resource
 KILL_AFTER = 1.0  # s between SIGTERM to the remaining children and SIGKILL to stragglers
@@ -485,20 +486,22 @@ class ForkingEchoServer:
         os.closerange(high + 1, _MAXFD)
         # Echo with splice(2): socket -> pipe -> socket, the bytes never copied into Python.
         # Inline, not a function of its own: one code object fewer to un-share before an idle
-        # client's child waits in its first splice(). The pipe grows to PIPE_SIZE only once a
-        # first read fills the default one (a stream, worth fewer and larger moves).
+        # client's child waits in its first splice(). The pipe grows to PIPE_SIZE once a read
+        # shows a bulk stream (STREAM_HINT), worth fewer and larger moves.
         moved = 0
         try:
             try:
                 r, w = os.pipe2(0)  # no O_CLOEXEC, no close(): the child never execs, exits next
                 splice = os.splice
+                grown = False
                 n = splice(fd, w, CHUNK)  # blocks until data, EOF (0) or idle timeout (EAGAIN)
-                if n >= DEFAULT_PIPE_SIZE:
-                    try:
-                        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-                    except OSError:
-                        pass  # over pipe-user-pages-soft: the 64 KiB default still works
                 while n:
+                    if n >= STREAM_HINT and not grown:
+                        grown = True
+                        try:
+                            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+                        except OSError:
+                            pass  # over pipe-user-pages-soft: the 64 KiB default still works
                     while n:
                         sent = splice(r, fd, n)
                         n -= sent
