@@ -6,8 +6,8 @@ because since PEP 475 a blocked accept() is retried after a signal and never ret
 loop. Signal handlers only record the signal; the loop does the work (STYLE.md 1-3).
 
 A child resets its signal dispositions, closes every descriptor of the parent's but its own
-connection, echoes with splice(2) (socket -> pipe -> socket: the bytes never enter Python;
-so echolab serve is for Linux),
+connection, waits for its first bytes in splice(2) and echoes them, then splices on (when
+sessions outnumber CPUs) or copies through one buffer (when CPU is plentiful) — Linux only,
 reports how many bytes it echoed, and always ends with os._exit().
 """
 
