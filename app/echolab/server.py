@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 CHUNK = 1 << 20  # bytes asked of one splice() call; the pipe's size bounds what one call moves
 PIPE_SIZE = 1 << 18  # 256 KiB pipe per streaming child: fewer splice() calls per MiB
 COPY_SIZE = 1 << 16  # the copying child's buffer, allocated only once its session is active
+BULK_HINT = 1 << 12  # a first chunk of a page or more is bulk data, worth a copy buffer; a short
+# message (a probe, a 64-byte request) stays on splice and never zero-fills COPY_SIZE bytes
 STREAM_HINT = 1 << 15  # a read this large means a bulk stream: grow the pipe (short sessions
 # never do, so an idle or chatty child keeps the default 64 KiB pipe and touches no more)
 ACCEPT_BATCH = 64  # accepts per wakeup before the loop looks at signals again
@@ -508,11 +510,12 @@ class ForkingEchoServer:
                             fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
                         except OSError:
                             pass  # over pipe-user-pages-soft: the 64 KiB default still works
+                    bulk = n >= BULK_HINT
                     while n:
                         sent = splice(r, fd, n)
                         n -= sent
                         moved += sent
-                    if not splice_all:
+                    if bulk and not splice_all:
                         # Few sessions, CPU to spare: copy through one buffer from here on. On
                         # loopback one spliced stream ran at 0.6x the C server (the receiver pays
                         # for the spliced pages), a copied one at 1.0x; with sessions >= CPUs,
