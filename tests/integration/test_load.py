@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from echolab import tcpstate
-from tests.support import ROOT, echolab_cmd, run_echolab, running_server
+from tests.support import ROOT, children_of, echolab_cmd, run_echolab, running_server
 
 ERROR_KINDS = {"refused", "reset", "timeout", "short_echo", "wrong_echo"}
 
@@ -165,11 +165,18 @@ def test_hold_mode_holds_every_connection_open_and_pings() -> None:
         )  # fmt: skip
         # While it runs, the server carries 24 sessions (the window leaves room for the
         # workers' start-up on a busy machine, and ends before the hold does).
+        # Counted exactly: server-side sessions whose peer is a socket of the load's own
+        # processes (a port number can be shared with sockets of anything else on the host).
         deadline = time.monotonic() + 3.5
         established = 0
         while time.monotonic() < deadline and established < 24:
-            counts = tcpstate.count_states(srv.port, addr="127.0.0.1")
-            established = counts.get("ESTABLISHED", 0)
+            load_pids = {proc.pid, *children_of(proc.pid)}
+            clients = tcpstate.with_owners(
+                tcpstate.read_sockets(srv.port, "remote", ("ESTABLISHED",), addr="127.0.0.1")
+            )
+            ports = {c.local_port for c in clients if load_pids & set(c.pids)}
+            sessions = tcpstate.read_sockets(srv.port, "local", ("ESTABLISHED",), "127.0.0.1")
+            established = sum(1 for x in sessions if x.remote_port in ports)
             time.sleep(0.05)
         out, err = proc.communicate(timeout=30)
     assert established == 24
