@@ -12,6 +12,23 @@ from echolab.errors import EXIT_FAILED, EXIT_OK
 from echolab.listener import format_address
 
 
+def exchange(sock: socket.socket, payload: bytes, deadline: float | None = None) -> bytes:
+    """Send `payload` and read back as many bytes (fewer if the peer closes first).
+
+    With `deadline` (a time.monotonic() value) each read waits only for what is left of it.
+    """
+    sock.sendall(payload)
+    got = bytearray()
+    while len(got) < len(payload):
+        if deadline is not None:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+        chunk = sock.recv(len(payload) - len(got))
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
 def round_trip(host: str, port: int, payload: bytes, timeout: float) -> float:
     """Connect, send `payload`, read it back, half-close; return the seconds it took.
 
@@ -20,14 +37,7 @@ def round_trip(host: str, port: int, payload: bytes, timeout: float) -> float:
     started = time.monotonic()
     deadline = started + timeout
     with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(payload)
-        got = bytearray()
-        while len(got) < len(payload):
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
-            chunk = sock.recv(len(payload) - len(got))
-            if not chunk:
-                break
-            got += chunk
+        got = exchange(sock, payload, deadline)
         sock.shutdown(socket.SHUT_WR)
     if got != payload:
         raise ValueError(

@@ -42,6 +42,7 @@ from echolab.errors import (
     EXIT_USAGE,
     EcholabError,
 )
+from echolab.probe import exchange
 from echolab.report import print_rows, write_json
 from echolab.tcpstate import plain_address, read_sockets
 
@@ -117,13 +118,7 @@ class IdleClients:
                 self.open[sock.fileno()] = sock
                 sock.settimeout(timeout)
                 sock.connect(sockaddr)
-                sock.sendall(PAYLOAD)
-                got = b""
-                while len(got) < len(PAYLOAD):
-                    chunk = sock.recv(len(PAYLOAD) - len(got))
-                    if not chunk:
-                        break
-                    got += chunk
+                got = exchange(sock, PAYLOAD)
                 if got != PAYLOAD:
                     raise EcholabError(
                         f"the server at {format_address(*sockaddr[:2])} did not echo "
@@ -309,14 +304,7 @@ def echo_once(family: int, sockaddr: tuple[Any, ...], timeout: float) -> bool:
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(sockaddr)
-            sock.sendall(PAYLOAD)
-            got = b""
-            while len(got) < len(PAYLOAD):
-                chunk = sock.recv(len(PAYLOAD) - len(got))
-                if not chunk:
-                    break
-                got += chunk
-            return got == PAYLOAD
+            return exchange(sock, PAYLOAD) == PAYLOAD
     except OSError:
         return False
 
