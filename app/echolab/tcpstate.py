@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from echolab.errors import EXIT_OS_ERROR, EcholabError
+from echolab.netaddr import format_address
 from echolab.report import write_json
 
 PROC_FILES = (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6))
@@ -83,17 +84,12 @@ class TcpSocket:
     @property
     def local(self) -> str:
         """The local end as HOST:PORT ([V6]:PORT)."""
-        return format_endpoint(self.local_addr, self.local_port)
+        return format_address(self.local_addr, self.local_port)
 
     @property
     def remote(self) -> str:
         """The remote end as HOST:PORT ([V6]:PORT)."""
-        return format_endpoint(self.remote_addr, self.remote_port)
-
-
-def format_endpoint(addr: str, port: int) -> str:
-    """HOST:PORT, with brackets around an IPv6 address."""
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+        return format_address(self.remote_addr, self.remote_port)
 
 
 def _ipv4(word: str) -> str:
