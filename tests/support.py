@@ -19,8 +19,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from echolab.proctree import kill_tree
+from echolab.ready import READY_PREFIX, parse_ready
+
 ROOT = Path(__file__).resolve().parent.parent
-LISTENING = re.compile(r"listening on (\[?[0-9a-fA-F:.]+\]?):(\d+)")
 
 
 def echolab_cmd(*args: str) -> list[str]:
@@ -113,8 +115,10 @@ def start_server(
     sp._reader = threading.Thread(target=_pump, args=(sp,), daemon=True)
     sp._reader.start()
     if wait:
-        m = sp.wait_for_line(LISTENING.pattern, timeout)
-        sp.host, sp.port = m.group(1).strip("[]"), int(m.group(2))
+        m = sp.wait_for_line(re.escape(READY_PREFIX), timeout)
+        ready = parse_ready(m.string)
+        assert ready is not None, f"unparsable ready line: {m.string!r}"
+        sp.host, sp.port = ready
     return sp
 
 
@@ -127,55 +131,6 @@ def running_server(*args: str, env: dict[str, str] | None = None) -> Iterator[Se
     finally:
         rc = sp.stop()
         assert rc == 0, f"server exited {rc}; log:\n{sp.log}"
-
-
-def children_of(pid: int) -> list[int]:
-    """PIDs whose parent is `pid`, from /proc."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # The comm field may contain spaces and parentheses: split after the last ')'.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid:
-            out.append(int(entry))
-    return out
-
-
-def process_state(pid: int) -> str:
-    """One-letter state of a process ('Z' for a zombie), or '' when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return ""
-    return stat[stat.rindex(")") + 2 :].split()[0]
-
-
-def open_fds(pid: int) -> list[str]:
-    """Targets of the process's open descriptors (socket:[inode], pipe:[...], paths)."""
-    out = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-        except OSError:
-            continue
-    return out
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and its children (test clean-up only)."""
-    for child in children_of(pid):
-        kill_tree(child)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def connect(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> socket.socket:

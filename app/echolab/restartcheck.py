@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import errno
 import os
-import re
 import selectors
 import signal
 import socket
@@ -42,7 +41,9 @@ from echolab.errors import (
     EXIT_USAGE,
     EcholabError,
 )
+from echolab.netaddr import format_address
 from echolab.probe import exchange
+from echolab.ready import parse_ready
 from echolab.report import print_rows, write_json
 from echolab.tcpstate import plain_address, read_sockets
 
@@ -53,13 +54,7 @@ PROBE_TIMEOUT = 0.25  # s a probe connect may take before it counts as a timeout
 # a loaded CI machine a Python start alone can take over a second).
 BIND_WITHIN = 1.0
 SETTLE = 0.5  # s to let the last FIN/ACK exchanges land before TIME_WAIT is counted
-LISTENING = re.compile(r"listening on (\[?[0-9a-fA-F:.]+\]?):(\d+)")
 PAYLOAD = b"echolab restart-check\n"
-
-
-def format_address(host: str, port: int) -> str:
-    """HOST:PORT, with brackets around an IPv6 literal."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass
@@ -252,9 +247,9 @@ class ServeProcess:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.lines.append(line.rstrip("\n"))
-            m = LISTENING.search(line)
-            if m and not self.listening.is_set():
-                self.port = int(m.group(2))
+            ready = parse_ready(line)
+            if ready and not self.listening.is_set():
+                self.port = ready[1]
                 self.listen_at = time.monotonic()
                 self.listening.set()
 

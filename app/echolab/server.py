@@ -26,6 +26,7 @@ import time
 
 from echolab.logs import INFO, WARNING, log
 from echolab.netaddr import format_address
+from echolab.ready import READY_PREFIX
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -173,7 +174,7 @@ class ForkingEchoServer:
             host, port = sock.getsockname()[:2]
             reuse = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR)
             log.always(
-                "listening on %s (%s; SO_REUSEADDR %s, up to %d children, idle timeout %g s, "
+                READY_PREFIX + "%s (%s; SO_REUSEADDR %s, up to %d children, idle timeout %g s, "
                 "grace %g s%s)",
                 format_address(host, port),
                 self.origin,

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from echolab import tcpstate
-from tests.support import ROOT, children_of, echolab_cmd, run_echolab, running_server
+from echolab.proctree import children_of
+from tests.support import ROOT, echolab_cmd, run_echolab, running_server
 
 ERROR_KINDS = {"refused", "reset", "timeout", "short_echo", "wrong_echo"}
 

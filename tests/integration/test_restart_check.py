@@ -19,10 +19,9 @@ from typing import Any
 
 import pytest
 
+from echolab.proctree import kill_tree, process_state
 from tests.support import (
     ROOT,
-    kill_tree,
-    process_state,
     run_echolab,
     ss_time_wait,
     wait_until,

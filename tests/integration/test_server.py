@@ -16,16 +16,13 @@ import time
 import pytest
 
 from echolab import tcpstate
+from echolab.proctree import children_of, kill_tree, open_fds, process_state
 from tests.support import (
     ROOT,
-    children_of,
     connect,
     echo_once,
     echolab_cmd,
-    kill_tree,
-    open_fds,
     pids_cgroup,
-    process_state,
     require,
     run_echolab,
     running_server,
