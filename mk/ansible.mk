@@ -9,27 +9,16 @@ MOLECULE_SUITES ?= bookworm trixie
 # Debian packages added to the base set for a systemd host Ansible can drive.
 MOLECULE_INCLUDE ?= systemd,systemd-sysv,dbus,python3-apt,sudo
 MOLECULE_ARGS ?=
-# Where the roles take their wheels from by default (echo_*_wheelhouse).
-ANSIBLE_WHEELHOUSE ?= out/ansible/wheelhouse
 ANSIBLE_LINT_ARGS ?=
 
-ANSIBLE_BUILD := out/ansible
 # Molecule runs from ansible/, with the venv's pytest, ansible-playbook and molecule on PATH.
 MOLECULE = cd ansible && PATH="$(abspath $(VENV))/bin:$$PATH" ANSIBLE_FORCE_COLOR=$${ANSIBLE_FORCE_COLOR:-0} \
 	$(abspath $(VENV))/bin/molecule
 
 .PHONY: molecule molecule-image ansible-wheelhouse ansible-lint molecule-clean
 
-# The project's wheel, built from a clean copy of the sources (no stale build/ in the tree) with
-# a fixed SOURCE_DATE_EPOCH, so identical sources give a byte-identical wheel and a second
-# converge copies nothing; plus the wheels of the `load` extra for echo_loadgen.
-ansible-wheelhouse: venv ## Build the wheels the Ansible roles install (out/ansible/wheelhouse)
-	@rm -rf $(ANSIBLE_WHEELHOUSE) $(ANSIBLE_BUILD)/src && mkdir -p $(ANSIBLE_WHEELHOUSE) $(ANSIBLE_BUILD)/src
-	@tar -cf - --exclude='*.egg-info' --exclude=__pycache__ pyproject.toml app $(wildcard README.md LICENSE*) \
-	  | tar -xf - -C $(ANSIBLE_BUILD)/src
-	@SOURCE_DATE_EPOCH=315532800 $(PIP) wheel --quiet --wheel-dir $(ANSIBLE_WHEELHOUSE) '$(ANSIBLE_BUILD)/src[load]' \
-	  >$(ANSIBLE_BUILD)/wheels.log 2>&1 || { cat $(ANSIBLE_BUILD)/wheels.log >&2; exit 1; }
-	@echo "ansible: wheelhouse $(ANSIBLE_WHEELHOUSE): $$(cd $(ANSIBLE_WHEELHOUSE) && echo *.whl)"
+# The roles install from the shared wheelhouse (mk/wheels.mk).
+ansible-wheelhouse: wheelhouse
 
 # One image per suite: the mmdebstrap base with systemd (skipped when present), then
 # docker/molecule/Dockerfile on top (cached by the engine).

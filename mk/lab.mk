@@ -26,8 +26,6 @@ ECHOLAB_CHECK_CLIENTS ?= 8
 LAB_JSON ?=
 LAB_WAIT ?= 90
 LAB_LOGS_ARGS ?= --tail=100
-LAB_BUILD := docker/.build
-WHEELS := $(LAB_BUILD)/wheels
 # The lab's knobs go to Compose on its command line only: ECHOLAB_PORT exported to every recipe
 # would change what `echolab` itself does in the other targets' tests.
 LAB_COMPOSE = env BASE_IMAGE=$(BASE_IMAGE) ECHOLAB_VERSION=$(VERSION) ECHOLAB_PORT=$(ECHOLAB_PORT) \
@@ -39,7 +37,7 @@ LAB_ALL = $(LAB_COMPOSE) --profile load --profile check
 LAB_IMAGES := echolab/server echolab/loadgen
 HADOLINT_FILES := docker/server/Dockerfile docker/loadgen/Dockerfile
 
-.PHONY: docker-check compose-check base-image lab-wheels images lab-images-present lab-up lab-load \
+.PHONY: docker-check compose-check base-image images lab-images-present lab-up lab-load \
 	lab-restart-check lab-sockets lab-logs lab-ps lab-down lab-clean test-lab
 
 # Every lab target depends on these: a clear message and a non-zero exit without an engine.
@@ -55,18 +53,7 @@ base-image: docker-check ## Build echolab/base:bookworm with mmdebstrap from the
 	  DOCKER=$(DOCKER) docker/base/build.sh --tag $(BASE_IMAGE) $(if $(BASE_INCLUDE),--include $(BASE_INCLUDE)); \
 	else echo "base-image: using BASE_IMAGE=$(BASE_IMAGE) (pulled by docker build when missing)"; fi
 
-# The wheelhouse: the project's wheel, built from a clean copy of the sources (no stale build/),
-# plus the wheels of the load extra. SOURCE_DATE_EPOCH makes the wheel byte-identical for
-# identical sources, so an unchanged tree hits Docker's layer cache.
-lab-wheels: venv
-	@rm -rf $(WHEELS) $(LAB_BUILD)/src && mkdir -p $(WHEELS) $(LAB_BUILD)/src
-	@tar -cf - --exclude='*.egg-info' --exclude=__pycache__ pyproject.toml app $(wildcard README.md LICENSE*) \
-	  | tar -xf - -C $(LAB_BUILD)/src
-	@SOURCE_DATE_EPOCH=315532800 $(PIP) wheel --quiet --wheel-dir $(WHEELS) '$(LAB_BUILD)/src[load]' \
-	  >$(LAB_BUILD)/wheels.log 2>&1 || { cat $(LAB_BUILD)/wheels.log >&2; exit 1; }
-	@echo "lab: wheelhouse $(WHEELS): $$(cd $(WHEELS) && echo *.whl)"
-
-images: docker-check base-image lab-wheels ## Build echolab/server and echolab/loadgen from the current sources (offline)
+images: docker-check base-image wheelhouse ## Build echolab/server and echolab/loadgen from the current sources (offline)
 	@for name in server loadgen; do \
 	  echo "lab: building echolab/$$name:$(VERSION) FROM $(BASE_IMAGE)"; \
 	  $(DOCKER) build --quiet --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg ECHOLAB_VERSION=$(VERSION) \
@@ -139,7 +126,7 @@ lab-clean: lab-down ## lab-down, then remove the lab's images (base, server, loa
 	-$(DOCKER) image rm $$($(DOCKER) image ls --format '{{.Repository}}:{{.Tag}}' \
 	  --filter reference=echolab/base $(foreach i,$(LAB_IMAGES),--filter reference=$(i)))
 	-$(DOCKER) image prune --force --filter label=echolab.stage
-	rm -rf $(LAB_BUILD)
+	rm -rf $(WHEELHOUSE)
 
 test-lab: venv ## Lab tests: build images, compose up, load, restart-check, hardening, down
 	$(PY) -m pytest tests/lab $(PYTEST_ARGS)

@@ -178,7 +178,7 @@ def test_images_hold_the_current_sources_and_run_as_non_root(up: Lab) -> None:
     # nobody edits the tree meanwhile) that wheel holds the working tree's sources.
     wheel = {
         Path(name).name: hashlib.sha256(data).hexdigest()
-        for name, data in wheel_files(ROOT / "docker" / ".build" / "wheels", tag).items()
+        for name, data in wheel_files(ROOT / "out" / "wheelhouse", tag).items()
     }
     script = (
         "import hashlib, json, pathlib, echolab; d = pathlib.Path(echolab.__file__).parent; "
