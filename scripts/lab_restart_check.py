@@ -154,7 +154,7 @@ def control_without_reuseaddr(lab: Lab, timeout: float) -> tuple[str, str]:
         return "bound", "the server without SO_REUSEADDR bound and kept running"
     out = (proc.stdout + proc.stderr).strip().splitlines()
     line = next((x for x in out if "in use" in x), out[-1] if out else "")
-    if proc.returncode == 1 and "already in use" in line:
+    if proc.returncode == 6:  # echolab serve: EXIT_ADDR_IN_USE
         return "EADDRINUSE", line.strip()
     return f"exit {proc.returncode}", line.strip()
 

@@ -12,7 +12,13 @@ import socket
 import stat
 import struct
 
-from echolab.errors import EXIT_FAILED, EXIT_OS_ERROR, EXIT_PERMISSION, EXIT_USAGE, EcholabError
+from echolab.errors import (
+    EXIT_ADDR_IN_USE,
+    EXIT_OS_ERROR,
+    EXIT_PERMISSION,
+    EXIT_USAGE,
+    EcholabError,
+)
 from echolab.netaddr import format_address
 
 SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): inherited sockets start at descriptor 3
@@ -134,7 +140,8 @@ def _bind_error(exc: OSError, where: str, port: int, reuseaddr: bool) -> Echolab
             "to it without SO_REUSEADDR"
         )
         return EcholabError(
-            f"{where} is already in use: {why} (see `echolab sockets --port {port}`)", EXIT_FAILED
+            f"{where} is already in use: {why} (see `echolab sockets --port {port}`)",
+            EXIT_ADDR_IN_USE,
         )
     if exc.errno == errno.EACCES:
         return EcholabError(

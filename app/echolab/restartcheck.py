@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 from echolab.errors import (
+    EXIT_ADDR_IN_USE,
     EXIT_FAILED,
     EXIT_INVALID_RUN,
     EXIT_OK,
@@ -284,7 +285,7 @@ class ServeProcess:
 
 def bind_errno(rc: int, line: str) -> str:
     """The errno name behind a failed `echolab serve` start, from its status and its line."""
-    if "already in use" in line:
+    if rc == EXIT_ADDR_IN_USE:
         return "EADDRINUSE"
     if rc == 4 or "ermission denied" in line:
         return "EACCES"

@@ -344,7 +344,7 @@ def test_port_held_by_another_listener_exits_1() -> None:
         other.listen()
         port = other.getsockname()[1]
         r = run_echolab("serve", "--host", "127.0.0.1", "--port", str(port), timeout=20)
-    _assert_one_line_error(r, 1, f"127.0.0.1:{port} is already in use", "another socket")
+    _assert_one_line_error(r, 6, f"127.0.0.1:{port} is already in use", "another socket")
 
 
 def test_low_port_without_privilege_says_permission_denied() -> None:
@@ -408,7 +408,7 @@ def test_restart_without_reuseaddr_fails_while_time_wait_lingers_then_with_it_bi
     # The precondition, from /proc/net/tcp: TIME_WAIT sockets on the server's own port.
     assert tcpstate.time_wait_count(port, "local") >= 1
     r = run_echolab("serve", "--host", "127.0.0.1", "--port", str(port), "--no-reuseaddr")
-    _assert_one_line_error(r, 1, f"127.0.0.1:{port} is already in use", "TIME_WAIT")
+    _assert_one_line_error(r, 6, f"127.0.0.1:{port} is already in use", "TIME_WAIT")
     assert tcpstate.time_wait_count(port, "local") >= 1
     started = time.monotonic()
     with running_server("--port", str(port)) as srv:

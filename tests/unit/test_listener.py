@@ -44,7 +44,7 @@ def test_port_in_use_by_a_live_listener_names_the_address() -> None:
         port = first.getsockname()[1]
         with pytest.raises(EcholabError) as exc:
             listener.open_listener("127.0.0.1", port, 16)
-    assert exc.value.code == errors.EXIT_FAILED
+    assert exc.value.code == errors.EXIT_ADDR_IN_USE
     text = str(exc.value)
     assert f"127.0.0.1:{port} is already in use" in text
     assert "\n" not in text
