@@ -160,6 +160,12 @@ def _add_serve(sub: Any) -> None:
         help="leave SO_REUSEADDR off (the lab's negative control)",
     )
     e.add(
+        "--reuseport",
+        action="store_true",
+        default=False,
+        help="set SO_REUSEPORT: a second server may listen on the port beside this one",
+    )
+    e.add(
         "--max-children",
         type=positive_int,
         default=512,
@@ -297,6 +303,62 @@ def _add_restart_check(sub: Any) -> None:
         metavar="FILE",
         help="write the result as JSON ('-': stdout)",
     )
+    _add_restart_strategies(p)
+
+
+def _add_restart_strategies(p: argparse.ArgumentParser) -> None:
+    """restart-check's strategies, comparison, timeline picture and opt-in latency limit."""
+    e = _EnvDefaults(p)
+    e.add(
+        "--strategy",
+        default="stop-start",
+        choices=["stop-start", "reuseport", "socket-activation", "reload"],
+        help="how the server is restarted",
+    )
+    e.add(
+        "--compare",
+        action="store_true",
+        default=False,
+        help="run every strategy available here and print one table",
+    )
+    e.add(
+        "--queued",
+        type=non_negative_int,
+        default=4,
+        help="clients left waiting in the old server's accept queue (local servers: the old "
+        "one is filled to its child cap by the held clients)",
+    )
+    e.add(
+        "--migrate-req",
+        default=None,
+        choices=["on", "off"],
+        help="reuseport: set net.ipv4.tcp_migrate_req in a network namespace of our own (root)",
+    )
+    e.add(
+        "--rebind-limit",
+        type=duration,
+        default=None,
+        help="fail a stop-start that binds later than this after the old server is gone "
+        "(off: times are reported, never judged)",
+    )
+    e.add("--plot", default=None, metavar="FILE", help="draw the timeline (.svg, .png, .pdf)")
+
+
+def _add_hold(sub: Any) -> None:
+    p = sub.add_parser(
+        "hold",
+        help="hold idle clients open until the server closes them",
+        description=(
+            "Connect N clients, check one echo each, wait; close each as soon as the server's "
+            "FIN arrives (so TIME_WAIT lands on the server's port), never reconnect."
+        ),
+    )
+    e = _EnvDefaults(p)
+    e.add("--target", type=parse_hostport, default=None, required="ECHOLAB_TARGET" not in
+          os.environ, help="server as HOST:PORT")  # fmt: skip
+    e.add("--clients", type=positive_int, default=8, help="connections to hold")
+    e.add("--timeout", type=duration, default=5.0, help="for each connect and its echo")
+    e.add("--duration", type=duration, default=0.0, help="give up after this long (0: never)")
 
 
 def _add_sockets(sub: Any) -> None:
@@ -320,6 +382,18 @@ def _add_sockets(sub: Any) -> None:
         metavar="FILE",
         help="write the sockets as JSON ('-': stdout)",
     )
+    _add_sockets_watch(p)
+
+
+def _add_sockets_watch(p: argparse.ArgumentParser) -> None:
+    e = _EnvDefaults(p)
+    e.add(
+        "--watch",
+        action="store_true",
+        default=False,
+        help="redraw until Ctrl-C (a line per interval when not on a terminal)",
+    )
+    e.add("--interval", type=duration, default=0.5, help="--watch: seconds between readings")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -335,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_load(sub)
     _add_restart_check(sub)
     _add_sockets(sub)
+    _add_hold(sub)
     return parser
 
 
@@ -356,6 +431,10 @@ def _run(args: argparse.Namespace) -> int:
         from echolab import restartcheck
 
         return restartcheck.run(args)
+    if command == "hold":
+        from echolab import hold
+
+        return hold.run(args)
     if command == "sockets":
         from echolab import tcpstate
 

@@ -87,7 +87,13 @@ def set_idle_timeout(sock: socket.socket, seconds: float) -> None:
 
 
 def open_listener(
-    host: str, port: int, backlog: int, reuseaddr: bool = True, idle_timeout: float = 0.0
+    host: str,
+    port: int,
+    backlog: int,
+    reuseaddr: bool = True,
+    idle_timeout: float = 0.0,
+    *,
+    reuseport: bool = False,
 ) -> socket.socket:
     """Create, configure, bind and listen; raise EcholabError with one clear line on failure."""
     try:
@@ -108,6 +114,10 @@ def open_listener(
             # lets two live listeners share a port: that is SO_REUSEPORT. See socket(7) and
             # https://github.com/python-trio/trio/issues/39 for why every server sets it.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            # Another listener with SO_REUSEPORT (same user) may bind the port beside this one:
+            # the kernel spreads new connections over both (restart-check --strategy reuseport).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6 and sockaddr[0] in ("::", ""):
             # '::' means every address, IPv4 too (mapped), whatever net.ipv6.bindv6only says.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)

@@ -605,7 +605,12 @@ def run(args: Namespace) -> int:
     if not listeners:
         listeners = [
             open_listener(
-                args.host, args.port, args.backlog, not args.no_reuseaddr, args.idle_timeout
+                args.host,
+                args.port,
+                args.backlog,
+                not args.no_reuseaddr,
+                args.idle_timeout,
+                reuseport=getattr(args, "reuseport", False),
             )
         ]
     config = {

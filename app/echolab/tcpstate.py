@@ -79,6 +79,9 @@ class TcpSocket:
     timer_s: float  # seconds left on that timer (TIME_WAIT: until the kernel reaps it)
     uid: int
     inode: int  # 0 for TIME_WAIT sockets: no process holds them any more
+    # For a LISTEN socket: connections waiting in its accept queue (handshake done, not yet
+    # accepted); for others: bytes received and not yet read.
+    rx_queue: int = 0
     pids: tuple[int, ...] = field(default=())
 
     @property
@@ -112,6 +115,7 @@ def parse_line(line: str, family: int = socket.AF_INET) -> TcpSocket | None:
         remote_hex, remote_port_hex = fields[2].split(":")
         state = STATE_NAMES.get(int(fields[3], 16), f"UNKNOWN_{fields[3]}")
         tr_hex, when_hex = fields[5].split(":")
+        rx_queue = int(fields[4].split(":")[1], 16)
         tr = int(tr_hex, 16)
         parse_addr = _ipv4 if family == socket.AF_INET else _ipv6
         return TcpSocket(
@@ -125,6 +129,7 @@ def parse_line(line: str, family: int = socket.AF_INET) -> TcpSocket | None:
             timer_s=int(when_hex, 16) / _CLK_TCK if tr else 0.0,
             uid=int(fields[7]),
             inode=int(fields[9]),
+            rx_queue=rx_queue,
         )
     except (ValueError, OSError, struct.error):
         return None
@@ -287,6 +292,7 @@ def _as_json(s: TcpSocket, side: str) -> dict[str, Any]:
         "timer_s": round(s.timer_s, 2),
         "uid": s.uid,
         "inode": s.inode,
+        "rx_queue": s.rx_queue,
         "pids": list(s.pids),
     }
 
