@@ -1,7 +1,8 @@
-"""`echolab restart-check` on loopback: both directions, the invalid run, managed mode.
+"""`echolab restart-check` on loopback: every strategy, the invalid runs, managed mode, signals.
 
 TIME_WAIT lasts 60 s, so every test uses a port of its own (port 0 asks the kernel for one).
-The precondition (server-side TIME_WAIT) is checked independently with `ss` where it exists.
+The precondition (server-side TIME_WAIT) is checked independently with `ss` where it exists;
+processes left behind are checked on the process tree (echolab.proctree).
 """
 
 from __future__ import annotations
@@ -9,33 +10,30 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from echolab.proctree import kill_tree, process_state
-from tests.support import (
-    ROOT,
-    run_echolab,
-    ss_time_wait,
-    wait_until,
-)
+from echolab.proctree import descendants_of, kill_tree, process_state
+from tests.support import ROOT, echolab_cmd, require, run_echolab, ss_time_wait, wait_until
 
-KEYS = {"reuseaddr", "time_wait_at_restart", "rebind", "restart_ms", "refused_during_restart",
-        "verdict"}  # fmt: skip
+KEYS = {"schema", "strategy", "reuseaddr", "time_wait_at_restart", "rebind", "restart_ms",
+        "refused_during_restart", "verdict", "links", "timeline", "probes", "queue"}  # fmt: skip
 
 
-def restart_check(*args: str, timeout: float = 60) -> tuple[int, dict[str, Any], str]:
+def restart_check(*args: str, timeout: float = 90) -> tuple[int, dict[str, Any], str]:
     proc = run_echolab("restart-check", *args, "--json", "-", timeout=timeout)
     assert "Traceback" not in proc.stderr, proc.stderr
     data = json.loads(proc.stdout)
-    assert set(data) >= KEYS
+    assert set(data) >= KEYS or "compare" in data
     return proc.returncode, data, proc.stderr
 
 
@@ -43,28 +41,47 @@ def port_of(data: dict[str, Any]) -> int:
     return int(data["target"].rsplit(":", 1)[1])
 
 
-def test_with_reuseaddr_the_restart_binds_at_once_under_time_wait() -> None:
+def events(data: dict[str, Any]) -> list[str]:
+    return [e["event"] for e in data["timeline"]["events"]]
+
+
+def test_with_reuseaddr_the_restart_binds_under_time_wait() -> None:
     status, data, _ = restart_check("--port", "0", "--clients", "5")
-    assert status == 0, data
-    assert data["mode"] == "local" and data["reuseaddr"] is True
-    assert data["time_wait_at_restart"] >= 5
-    assert data["time_wait_from_clients"] == 5
-    assert data["rebind"] == "ok"
-    assert 0 <= data["rebind_ms"] <= data["details"]["rebind_allowed_ms"]
-    assert data["restart_ms"] >= data["rebind_ms"]
+    assert status == 0, data["reason"]
+    assert data["strategy"] == "stop-start" and data["reuseaddr"] is True
+    # (a) the restart: another listening socket took the port
+    assert data["listeners_before"] and data["listeners_after"]
+    assert not set(data["listeners_before"]) & set(data["listeners_after"])
+    assert data["server_pid_before"] != data["server_pid_after"]
+    # (b) TIME_WAIT from these sessions just before and just after the bind
+    assert data["time_wait_before_bind"] == data["time_wait_after_bind"] == 5
+    assert data["time_wait_at_restart"] == 5
+    # (c) the outcome
+    assert data["rebind"] == "ok" and data["echoed_after"] is True
+    assert data["restart_ms"] >= data["rebind_ms"] >= 0
     assert data["verdict"] == "pass"
-    # Independent witness: `ss` sees the TIME_WAIT sockets on the server's port.
-    seen = ss_time_wait(port_of(data))
+    assert [link["ok"] for link in data["links"].values()] == [True, True, True]
+    # the timeline: marks in order, samples every ~10 ms, probes with outcomes
+    assert events(data)[:1] == ["restart"]
+    order = [e for e in events(data) if e in ("stop", "old_exited", "bound", "first_echo")]
+    assert order == ["stop", "old_exited", "bound", "first_echo"]
+    samples = data["timeline"]["samples"]
+    assert len(samples) >= 10
+    assert any(s["LISTEN"] == 0 for s in samples)  # the gap between the two servers
+    assert {p["outcome"] for p in data["timeline"]["probes"]} >= {"ok"}
+    seen = ss_time_wait(port_of(data))  # an independent witness
     if seen is not None:
         assert seen >= 5
 
 
-def test_without_reuseaddr_the_restart_gets_eaddrinuse() -> None:
+def test_without_reuseaddr_the_restart_gets_eaddrinuse_by_exit_status() -> None:
     status, data, _ = restart_check("--port", "0", "--clients", "3", "--no-reuseaddr")
-    assert status == 0, data
+    assert status == 0, data["reason"]
     assert data["reuseaddr"] is False
     assert data["time_wait_at_restart"] >= 3
     assert data["rebind"] == "EADDRINUSE"
+    assert data["new_server_status"] == 6  # errors.EXIT_ADDR_IN_USE, not a sentence
+    assert data["listeners_after"] == []
     assert data["restart_ms"] is None
     assert data["refused_during_restart"] >= 1  # nothing listened after the stop
     assert data["verdict"] == "pass"
@@ -77,7 +94,7 @@ def test_clients_closing_first_leave_no_server_side_time_wait_exit_3() -> None:
     assert "the clients closed first" in proc.stdout
     status, data, _ = restart_check("--port", "0", "--close-first", "client", "--no-reuseaddr")
     assert status == 3
-    assert data["time_wait_from_clients"] == 0
+    assert not data["time_wait_at_restart"]
     assert data["client_side_time_wait"] == 5  # TIME_WAIT went to the clients' ports
     assert data["rebind"] == "ok"  # nothing to collide with, even without SO_REUSEADDR
     assert data["verdict"] == "invalid"
@@ -86,9 +103,18 @@ def test_clients_closing_first_leave_no_server_side_time_wait_exit_3() -> None:
 def test_table_output_reads_at_a_glance() -> None:
     proc = run_echolab("restart-check", "--port", "0", "--clients", "2")
     assert proc.returncode == 0, proc.stderr
-    for label in ("TIME_WAIT at restart", "rebind", "refused meanwhile", "verdict"):
-        assert label in proc.stdout
+    for label in ("restart", "TIME_WAIT", "new server", "probes", "queue", "verdict"):
+        assert f"\n  {label} " in proc.stdout
     assert "PASS" in proc.stdout
+
+
+def test_a_slow_start_is_reported_not_failed_unless_a_limit_is_asked() -> None:
+    """The verdict never depends on the machine's speed; --rebind-limit is an opt-in."""
+    status, data, _ = restart_check("--port", "0", "--clients", "2")
+    assert status == 0 and data["rebind_limit_ms"] is None
+    status, data, _ = restart_check("--port", "0", "--clients", "2", "--rebind-limit", "1ms")
+    assert status == 1, data["reason"]  # no Python server binds within 1 ms of the stop
+    assert "over --rebind-limit" in data["reason"]
 
 
 def test_port_taken_by_another_listener_is_one_line_exit_1() -> None:
@@ -104,48 +130,125 @@ def test_port_taken_by_another_listener_is_one_line_exit_1() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["--restart-cmd", "true"], ["--target", "127.0.0.1:7"], ["--clients", "0"]],
+    [
+        ["--restart-cmd", "true"],
+        ["--target", "127.0.0.1:7"],
+        ["--clients", "0"],
+        ["--strategy", "reload", "--restart-cmd", "true", "--target", "127.0.0.1:7"],
+        ["--strategy", "reuseport", "--no-reuseaddr"],
+        ["--migrate-req", "on"],
+        ["--compare", "--restart-cmd", "true", "--target", "127.0.0.1:7"],
+        ["--plot", "out.gif"],
+    ],
 )
 def test_usage_errors_exit_2(args: list[str]) -> None:
     proc = run_echolab("restart-check", *args)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("echolab restart-check"), proc.stderr
+
+
+def test_an_unwritable_json_path_fails_before_the_run(tmp_path: Path) -> None:
+    started = time.monotonic()
+    proc = run_echolab("restart-check", "--port", "0", "--json", str(tmp_path / "no/such/x.json"))
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot write" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""  # nothing ran: no table
+    del started
+
+
+# --- the other strategies --------------------------------------------------------------------
+def test_reuseport_the_new_listener_joins_before_the_old_one_goes() -> None:
+    status, data, _ = restart_check("--port", "0", "--strategy", "reuseport")
+    assert data["overlap"] is True, data["reason"]  # two listeners on the port at once
+    assert data["links"]["restart"]["ok"] is True
+    assert data["no_listener_ms"] == 0
+    assert data["probes"]["refused"] == 0
+    assert data["server_pid_before"] != data["server_pid_after"]
+    # With tcp_migrate_req off (the host's default), whatever waited in the old queue is
+    # reset; the verdict follows (pass only when nobody was turned away).
+    lost = data["queue"]["reset"] + data["probes"]["reset"]
+    assert (status, data["verdict"]) == ((1, "fail") if lost else (0, "pass"))
+
+
+@pytest.mark.parametrize(("knob", "lost"), [("off", True), ("on", False)])
+def test_reuseport_tcp_migrate_req_decides_the_fate_of_the_old_accept_queue(
+    knob: str, lost: bool
+) -> None:
+    require(os.geteuid() == 0, "a network namespace of our own needs root")
+    status, data, _ = restart_check("--strategy", "reuseport", "--migrate-req", knob)
+    assert data["netns"] == {"own": True, "tcp_migrate_req": int(knob == "on")}
+    q = data["queue"]
+    assert q["queued"] == q["clients"] == 4  # all waited in the old listener's accept queue
+    if lost:
+        assert q["reset"] == 4 and q["echoed"] == 0
+        assert status == 1 and data["verdict"] == "fail"
+    else:
+        assert q["echoed"] == 4 and q["reset"] == 0
+        assert data["probes"]["reset"] == 0 and data["probes"]["refused"] == 0
+        assert status == 0 and data["verdict"] == "pass", data["reason"]
+
+
+def test_socket_activation_the_listener_outlives_the_server() -> None:
+    require(shutil.which("systemd-socket-activate") is not None,
+            "systemd-socket-activate is not installed (Debian: systemd)")  # fmt: skip
+    status, data, _ = restart_check("--port", "0", "--strategy", "socket-activation")
+    assert status == 0, data["reason"]
+    assert data["listeners_before"] == data["listeners_after"]  # the same socket throughout
+    assert data["server_pid_before"] != data["server_pid_after"]
+    assert data["details"]["holder_pid"] in data["owners_before"]
+    assert data["no_listener_ms"] == 0 and data["probes"]["refused"] == 0
+    assert data["queue"]["echoed"] == data["queue"]["queued"] == 4  # the queue survived
+    assert data["rebind"] == "inherited"
+    assert data["time_wait_at_restart"] >= 1  # it lingered, and did not matter
+
+
+def test_reload_without_a_new_generation_is_not_a_reload() -> None:
+    """The reload's evidence is a new generation in the server's log, with the same PID and
+    listener. (The end-to-end reload test comes with serve's SIGHUP reload.)"""
+    status, data, _ = restart_check("--port", "0", "--strategy", "reload")
+    if data["generation_after"] and data["generation_after"] > 1:
+        pytest.skip("this serve reloads on SIGHUP: covered by the reload test")
+    assert status in (1, 3), data
+    assert data["verdict"] in ("fail", "invalid")
+    assert "generation" in data["reason"] or "SIGHUP" in data["reason"]
+
+
+def test_compare_runs_every_strategy_and_prints_one_table(tmp_path: Path) -> None:
+    plot = tmp_path / "compare.png"
+    proc = run_echolab("restart-check", "--compare", "--json", "-", "--plot", str(plot),
+                       timeout=240)  # fmt: skip
+    assert "Traceback" not in proc.stderr, proc.stderr
+    data = json.loads(proc.stdout)
+    names = [(r["strategy"], r["reuseaddr"]) for r in data["compare"]]
+    assert names[:2] == [("stop-start", True), ("stop-start", False)]
+    assert ("reuseport", True) in names and ("reload", True) in names
+    by = {r["strategy"] + str(r["reuseaddr"]): r for r in data["compare"]}
+    assert by["stop-startTrue"]["verdict"] == "pass"
+    assert by["stop-startFalse"]["rebind"] == "EADDRINUSE"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = run_echolab("restart-check", "--compare", "--clients", "2", timeout=240).stdout
+    header = next(line for line in table.splitlines() if "strategy" in line)
+    for column in ("refused", "reset", "connect p99", "no listener", "TIME_WAIT at bind"):
+        assert column in header
+
+
+@pytest.mark.parametrize("suffix", [".svg", ".png"])
+def test_plot_draws_the_timeline(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"timeline{suffix}"
+    proc = run_echolab("restart-check", "--port", "0", "--plot", str(path))
+    assert proc.returncode == 0, proc.stderr
+    data = path.read_bytes()
+    assert len(data) > 10_000
+    if suffix == ".svg":
+        text = data.decode()
+        for words in ("TIME_WAIT", "LISTEN", "first echo", "refused", "stop"):
+            assert words in text, words
+    else:
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # --- managed mode: a server run by "something else" (a pid file and a shell command) ----------
-@pytest.fixture
-def managed(tmp_path: Path) -> Iterator[tuple[int, str, Path]]:
-    """A server started outside restart-check (detached, as a service manager would run it),
-    and a shell command that restarts it."""
-    port = free_port()
-    pidfile = tmp_path / "server.pid"
-    serve = shlex.join([sys.executable, "-m", "echolab", "serve", "--host", "127.0.0.1",
-                        "--port", str(port), "--grace", "0"])  # fmt: skip
-    # The shell exits at once, so the server is re-parented away from pytest (no zombie
-    # for `kill -0` to mistake for a live process).
-    start = f"cd {shlex.quote(str(ROOT))}; {serve} </dev/null >/dev/null 2>&1 & echo $! > {pidfile}"
-    # Wait for the old server to exit: a zombie counts as gone (whoever adopted it may be
-    # slow to reap it, and `kill -0` would still succeed).
-    restart = (
-        f'pid=$(cat {pidfile}); kill -TERM "$pid"; '
-        f'while [ -r /proc/$pid/stat ] && [ "$(cut -d" " -f3 /proc/$pid/stat)" != Z ]; '
-        f"do sleep 0.01; done; {start}"
-    )
-    subprocess.run(["sh", "-c", start], check=True)
-    wait_until(lambda: listening(port), 10, what=f"a server on port {port}")
-    try:
-        yield port, restart, pidfile
-    finally:
-        pid = int(pidfile.read_text())
-        try:
-            os.kill(pid, signal.SIGTERM)
-            wait_until(lambda: process_state(pid) in ("", "Z"), 10, what="server exit")
-        except ProcessLookupError:
-            pass
-        except AssertionError:
-            kill_tree(pid)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -160,19 +263,63 @@ def listening(port: int) -> bool:
     return True
 
 
+def serve_command(port: int, *extra: str) -> str:
+    return shlex.join([sys.executable, "-m", "echolab", "serve", "--host", "127.0.0.1",
+                       "--port", str(port), "--grace", "0", *extra])  # fmt: skip
+
+
+@pytest.fixture
+def managed(tmp_path: Path) -> Iterator[tuple[int, str, Path]]:
+    """A server started outside restart-check (detached, as a service manager would run it),
+    and a shell command that restarts it."""
+    port = free_port()
+    pidfile = tmp_path / "server.pid"
+    # The shell exits at once, so the server is re-parented away from pytest (no zombie
+    # for `kill -0` to mistake for a live process).
+    start = (
+        f"cd {shlex.quote(str(ROOT))}; {serve_command(port)} </dev/null >/dev/null 2>&1 & "
+        f"echo $! > {pidfile}"
+    )
+    # Wait for the old server to exit: a zombie counts as gone (whoever adopted it may be
+    # slow to reap it, and `kill -0` would still succeed).
+    restart = (
+        f'pid=$(cat {pidfile}); kill -TERM "$pid"; '
+        f'while [ -r /proc/$pid/stat ] && [ "$(cut -d" " -f3 /proc/$pid/stat)" != Z ]; '
+        f"do sleep 0.01; done; {start}"
+    )
+    subprocess.run(["sh", "-c", start], check=True)
+    wait_until(lambda: listening(port), 10, what=f"a server on port {port}")
+    try:
+        yield port, restart, pidfile
+    finally:
+        stop_pid(int(pidfile.read_text()))
+
+
+def stop_pid(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: process_state(pid) in ("", "Z"), 10, what="server exit")
+    except ProcessLookupError:
+        pass
+    except AssertionError:
+        kill_tree(pid)
+
+
 def test_managed_mode_measures_a_restart_from_the_outside(
     managed: tuple[int, str, Path],
 ) -> None:
     port, restart, pidfile = managed
     old_pid = pidfile.read_text()
     status, data, _ = restart_check("--restart-cmd", restart, "--target", f"127.0.0.1:{port}")
-    assert status == 0, data
+    assert status == 0, data["reason"]
     assert pidfile.read_text() != old_pid  # it really restarted
-    assert data["mode"] == "managed"
+    assert data["mode"] == "managed" and data["backend"] == "command"
+    assert int(old_pid) in data["owners_before"]
+    assert int(pidfile.read_text()) in data["owners_after"]
     assert data["time_wait_at_restart"] >= 5
     assert data["closed_by_server"] == 5
     assert data["rebind"] == "ok" and data["verdict"] == "pass"
-    assert data["details"]["restart_cmd_status"] == 0
+    assert data["restart_cmd_status"] == 0
 
 
 def test_managed_mode_expecting_eaddrinuse_fails_when_the_server_rebinds(
@@ -194,4 +341,140 @@ def test_managed_mode_with_a_command_that_restarts_nothing_is_invalid(
     status, data, _ = restart_check("--restart-cmd", "true", "--target", f"127.0.0.1:{port}")
     assert status == 3, data
     assert data["closed_by_server"] == 0
-    assert "never closed the idle connections" in data["reason"]
+    assert "no restart observed" in data["reason"]
+
+
+def test_a_restart_that_never_happened_is_not_certified(tmp_path: Path) -> None:
+    """A live server whose idle timeout closes the held clients (FIN, TIME_WAIT on its port)
+    while the "restart" command only sleeps: the same listener served throughout, so the run
+    is invalid (it used to PASS, "bound 3 ms after the old server was gone")."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["sh", "-c", f"exec {serve_command(port, '--idle-timeout', '1')}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: listening(port), 10, what=f"a server on port {port}")
+        status, data, _ = restart_check("--restart-cmd", "sleep 2", "--target", f"127.0.0.1:{port}")
+        assert server.poll() is None  # the same process served throughout
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert data["closed_by_server"] == 5  # the idle timeout's FINs...
+    assert data["time_wait_from_clients"] == 5  # ...left TIME_WAIT on the server's port
+    assert status == 3, data["reason"]
+    assert data["verdict"] == "invalid"
+    assert data["links"]["restart"]["ok"] is False
+    assert data["listeners_before"] == data["listeners_after"]
+    assert "no restart observed" in data["reason"]
+
+
+def test_a_restart_command_outliving_the_timeout_is_stopped_with_its_group(
+    managed: tuple[int, str, Path], tmp_path: Path
+) -> None:
+    port, _, _ = managed
+    marker = tmp_path / "ignoring-term"
+    command = f"trap '' TERM; sh -c 'trap \"\" TERM; sleep 30' & echo $! > {marker}; sleep 30"
+    json_file = tmp_path / "r.json"
+    proc = run_echolab("restart-check", "--restart-cmd", command, "--target",
+                       f"127.0.0.1:{port}", "--timeout", "2", "--json", str(json_file))  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "did not finish within 2 s" in lines[0], proc.stderr
+    child = int(marker.read_text())
+    assert process_state(child) in ("", "Z")  # its whole group is gone, SIGTERM-proof or not
+    assert json.loads(json_file.read_text())["verdict"] == "error"  # nothing is lost
+
+
+# --- signals: everything restart-check started dies with it ----------------------------------
+def spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        echolab_cmd("restart-check", *args),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=ROOT,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130),
+                                           (signal.SIGHUP, 129)])  # fmt: skip
+def test_a_signal_mid_restart_stops_the_restart_command_and_reports(
+    managed: tuple[int, str, Path], tmp_path: Path, sig: int, code: int
+) -> None:
+    port, _, _ = managed
+    json_file = tmp_path / "r.json"
+    proc = spawn("--restart-cmd", "sleep 60", "--target", f"127.0.0.1:{port}", "--timeout",
+                 "120", "--json", str(json_file))  # fmt: skip
+    try:
+        wait_until(lambda: any(_cmdline(p) == "sleep 60" for p in descendants_of(proc.pid)), 20,
+                   what="the restart command")  # fmt: skip
+        tree = descendants_of(proc.pid)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        kill_tree(proc.pid)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert [p for p in tree if process_state(p) not in ("", "Z")] == []
+    data = json.loads(json_file.read_text())
+    assert data["interrupted"] is True and data["verdict"] == "interrupted"
+    assert "verdict" in out and "INTERRUPTED" in out  # the summary so far
+
+
+def test_sigterm_in_local_mode_leaves_no_server_behind(tmp_path: Path) -> None:
+    """It used to exit 143 silently with its server still listening, re-parented to PID 1."""
+    json_file = tmp_path / "r.json"
+    proc = spawn("--port", "0", "--timeout", "60", "--json", str(json_file))
+    try:
+        # Freeze the first server before it listens: restart-check waits for it, mid-run.
+        wait_until(lambda: descendants_of(proc.pid), 20, interval=0.001, what="the server")
+        server = descendants_of(proc.pid)[0]
+        os.kill(server, signal.SIGSTOP)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        kill_tree(proc.pid)
+    assert proc.returncode == 143, err
+    assert process_state(server) in ("", "Z"), "the server outlived restart-check"
+    assert "Traceback" not in err
+    assert json.loads(json_file.read_text())["interrupted"] is True
+
+
+def test_sigterm_after_the_stop_leaves_no_server_behind(tmp_path: Path) -> None:
+    """The same mid-restart: held clients connected, the old server stopped, the new one
+    starting (frozen here, so that restart-check is surely waiting for it)."""
+    json_file = tmp_path / "r.json"
+    proc = spawn("--port", "0", "--timeout", "60", "--json", str(json_file))
+    try:
+        first = []
+
+        def second_server() -> int | None:
+            servers = [p for p in descendants_of(proc.pid) if "serve" in _cmdline(p)]
+            first.extend(p for p in servers[:1] if p not in first)
+            return next((p for p in servers if p not in first), None)
+
+        wait_until(lambda: second_server() is not None, 30, interval=0.001, what="the new server")
+        new = second_server()
+        assert new is not None
+        os.kill(new, signal.SIGSTOP)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        kill_tree(proc.pid)
+    assert proc.returncode == 143, err
+    assert process_state(new) in ("", "Z") and process_state(first[0]) in ("", "Z")
+    assert "INTERRUPTED" in out
+    data = json.loads(json_file.read_text())
+    assert data["interrupted"] is True
+    assert "stop" in events(data) and "bound" not in events(data)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""

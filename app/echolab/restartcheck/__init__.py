@@ -171,7 +171,10 @@ def run_one(
         finally:
             exp.close()
     except (Interrupted, EcholabError) as exc:
-        exp.collect()
+        # What was seen so far goes into the result; a run cut short at any point may leave
+        # pieces unset, and nothing here may hide the error or the signal that cut it.
+        with contextlib.suppress(Exception):
+            exp.collect()
         judge(result)
         result.details["verdict_so_far"] = f"{result.verdict}: {result.reason}"
         if isinstance(exc, Interrupted):

@@ -162,7 +162,7 @@ def describe(status: int) -> str:
 def rebind_of(status: int, line: str) -> tuple[str, str]:
     """What a failed `echolab serve` start means, by its exit status (never its sentence)."""
     if status == EXIT_ADDR_IN_USE:
-        return "EADDRINUSE", f"the new server exited {status} (EXIT_ADDR_IN_USE)"
+        return "EADDRINUSE", f"the new server exited {status}, EXIT_ADDR_IN_USE"
     if status == EXIT_PERMISSION:
         return "EACCES", f"the new server exited {status} (permission denied)"
     return f"failed (exit {status})", line
@@ -175,7 +175,9 @@ class LocalBackend:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.fills_to_cap = plan.queued > 0 and plan.strategy != "reload"
+        self.fills_to_cap = (
+            plan.queued > 0 and plan.close_first == "server" and (plan.strategy != "reload")
+        )
         self.old: ServeProcess | None = None
         self.new: ServeProcess | None = None
         self.failed_status: int | None = None
@@ -251,7 +253,7 @@ class LocalBackend:
         return self.failed_status is not None
 
     def finish(self, ctx: Context, r: Result) -> None:
-        if self.old is None:
+        if self.old is None or not self.old.ready:
             return
         r.startup_ms = round((self.old.ready[0][0] - self.old.started) * 1000, 1)
         r.server_pid_before = self.old.pid
@@ -313,7 +315,7 @@ class SocketActivationBackend:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.fills_to_cap = plan.queued > 0
+        self.fills_to_cap = plan.queued > 0 and plan.close_first == "server"
         self.tool = shutil.which("systemd-socket-activate")
         self.tree: ServeProcess | None = None
         self.server_pid = 0
@@ -457,7 +459,7 @@ class CommandBackend:
             r.rebind = "ok"
         elif self.status == EXIT_ADDR_IN_USE:
             r.rebind = "EADDRINUSE"
-            r.rebind_evidence = f"the restart command exited {self.status} (EXIT_ADDR_IN_USE)"
+            r.rebind_evidence = f"the restart command exited {self.status}, EXIT_ADDR_IN_USE"
         elif self.status and not r.listeners_after and "already in use" in r.restart_output:
             r.rebind = "EADDRINUSE"
             r.rebind_evidence = (

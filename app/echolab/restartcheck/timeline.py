@@ -127,7 +127,7 @@ class Sampler(threading.Thread):
         self.clients: frozenset[tuple[str, int]] = frozenset()  # set once they are connected
         self._stop_event = threading.Event()
         self._lock = threading.Lock()  # one reading at a time (the thread's and sample_now's)
-        self._last_owner_scan = 0.0
+        self._listeners_changed = threading.Event()
         self._last_listeners: tuple[int, ...] = ()
 
     def read(self, label: str = "") -> Sample:
@@ -163,19 +163,31 @@ class Sampler(threading.Thread):
         inodes = self._last_listeners
         owners = {i: tuple(sorted(p for p, _ in o)) for i, o in socket_owners(inodes).items()}
         self.timeline.owners.append((time.monotonic(), owners))
-        self._last_owner_scan = time.monotonic()
         return owners
 
     def run(self) -> None:
+        """Sample on a fixed schedule; scan the owners in a thread of their own (a scan of
+        /proc/*/fd takes ~15 ms on a busy host: it must not stretch the sampling interval)."""
+        owners = threading.Thread(target=self._scan_loop, name="echolab-owners", daemon=True)
+        owners.start()
+        next_at = time.monotonic()
         while not self._stop_event.is_set():
             with self._lock:
                 sample = self.read()
                 self.timeline.samples.append(sample)
-            changed = sample.listeners != self._last_listeners
-            self._last_listeners = sample.listeners
-            if changed or time.monotonic() - self._last_owner_scan >= OWNER_INTERVAL:
-                self.scan_owners()
-            self._stop_event.wait(SAMPLE_INTERVAL)
+            if sample.listeners != self._last_listeners:
+                self._last_listeners = sample.listeners
+                self._listeners_changed.set()
+            next_at = max(next_at + SAMPLE_INTERVAL, time.monotonic())
+            self._stop_event.wait(next_at - time.monotonic())
+        self._listeners_changed.set()
+        owners.join(5)
+
+    def _scan_loop(self) -> None:
+        while not self._stop_event.is_set():
+            self.scan_owners()
+            self._listeners_changed.wait(OWNER_INTERVAL)
+            self._listeners_changed.clear()
 
     def stop(self) -> None:
         self._stop_event.set()
