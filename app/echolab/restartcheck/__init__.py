@@ -253,12 +253,12 @@ def run_compare(
     plans, skipped[:] = compare_plans(args)
     own = netns.can_enter()
     worst = EXIT_OK
-    for plan, migrate in plans:
+    for i, (plan, migrate) in enumerate(plans, 1):
         if not own:
             plan.port = 0  # one port each: an earlier run's TIME_WAIT would muddle the next
-        print(f"restart-check: {plan.strategy} ...", file=sys.stderr, flush=True)
         result, status = run_one(args, plan, own, migrate)
-        print(f"restart-check: {label(result)}: {result.verdict}", file=sys.stderr, flush=True)
+        print(f"restart-check {i}/{len(plans)}: {label(result)}: {result.verdict}",
+              file=sys.stderr, flush=True)  # fmt: skip
         results.append(result)
         if status == EXIT_FAILED or (status == EXIT_INVALID_RUN and worst == EXIT_OK):
             worst = status

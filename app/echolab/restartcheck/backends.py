@@ -155,8 +155,8 @@ def describe(status: int) -> str:
     """An exit status as a person reads it (Popen: -N for a signal)."""
     if status < 0:
         with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-status).name}"
-    return f"with status {status}"
+            return f"was killed by {signal.Signals(-status).name}"
+    return f"exited {status}"
 
 
 def rebind_of(status: int, line: str) -> tuple[str, str]:
@@ -275,7 +275,7 @@ class LocalBackend:
         r.generation_after = max((g for _, g in self.old.generations), default=1)
         r.server_pid_after = self.old.pid if self.old.proc.poll() is None else None
         if self.failed_status is not None:
-            r.rebind = f"failed (the server exited {describe(self.failed_status)} on SIGHUP)"
+            r.rebind = f"failed (SIGHUP: the server {describe(self.failed_status)})"
             r.restart_output = self.old.last_line()
         elif r.generation_after > r.generation_before:
             r.rebind = "ok"

@@ -394,6 +394,12 @@ class Experiment:
         gone = next((s.t for s in samples if not old & set(s.listeners)), None)
         if gone is not None:
             r.stop_ms = (gone - t0) * 1000
+        bind = next((s.t for s in samples if set(s.listeners) - old), None)
+        if bind is not None:
+            self.timeline.mark("new_listener", "first reading with a new listening socket", t=bind)
+        takeover = self.takeover_time()
+        if takeover is not None and bind is None:
+            self.timeline.mark("takeover", "a new process holds the listener", t=takeover)
 
     def collect_time_wait(self) -> None:
         """TIME_WAIT of our sessions just before and just after the bind (or the takeover)."""

@@ -55,8 +55,8 @@ def restart_link(r: Result) -> tuple[bool, str]:
     if not before:
         return False, "no listener on the port when the restart began"
     if r.strategy == "reload":
-        if r.rebind.startswith("failed (the server exited"):
-            return True, f"SIGHUP sent; {r.rebind[8:-1]}, so no reload took place"
+        if r.rebind.startswith("failed (SIGHUP"):
+            return True, f"{r.rebind[8:-1]}: it went away instead of reloading"
         g0, g1 = r.generation_before, r.generation_after
         if g0 is not None and g1 is not None and g1 > g0 and before == after and not left:
             return True, f"generation {g0} -> {g1}, same PID {_pids(r.owners_after)}, same {inodes}"
@@ -134,6 +134,8 @@ def outcome_link(r: Result) -> tuple[bool, str]:
             return True, f"the restart without SO_REUSEADDR got EADDRINUSE ({r.rebind_evidence})"
         return False, f"expected EADDRINUSE without SO_REUSEADDR, got {r.rebind}"
     if r.rebind not in ("ok", "inherited"):
+        if r.strategy == "reload":
+            return False, "the server did not survive the reload"
         return False, f"the new server did not start: {r.rebind}"
     if not r.echoed_after:
         return False, "the new server never echoed"
@@ -141,7 +143,7 @@ def outcome_link(r: Result) -> tuple[bool, str]:
         limit = r.rebind_limit_ms
         if limit is not None and (r.rebind_ms is None or r.rebind_ms > limit):
             return False, f"bound after {r.rebind_ms or 0:.0f} ms, over --rebind-limit {limit:g} ms"
-        took = f" {r.rebind_ms:.0f} ms after the old listener was gone" if r.rebind_ms else ""
+        took = f" {r.rebind_ms:.0f} ms after the old server was gone" if r.rebind_ms else ""
         return True, f"the new server bound{took} and echoed"
     # The zero-downtime strategies promise that nobody is turned away: no connect refused,
     # none reset, every probe and every queued client echoed.
@@ -198,8 +200,7 @@ def judge(r: Result) -> int:
     ok, how = outcome_link(r)
     links["outcome"] = {"ok": ok, "evidence": how}
     r.verdict = "pass" if ok else "fail"
-    first = links.get("time_wait", links["restart"])["evidence"]
-    r.reason = f"{first}; {how}" + _note(r)
+    r.reason = "; ".join(link["evidence"] for link in links.values()) + _note(r)
     return EXIT_OK if ok else EXIT_FAILED
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import warnings
 from typing import Any
 
-from echolab.errors import EXIT_USAGE, EcholabError
+from echolab.errors import EXIT_OS_ERROR, EXIT_USAGE, EcholabError
 
 FORMATS = (".svg", ".png", ".pdf")
 STATES = (  # (key in a sample, legend, colour, line width)
@@ -28,10 +29,12 @@ PROBE_ROWS = (  # (outcome, label, colour); other outcomes go to the last row
     ("reset", "reset", "#f46d43"),
     ("failed", "failed / timeout", "#762a83"),
 )
-MARKS = {  # event -> (label, colour)
+MARKS = {  # event -> (label, colour); the JSON has every event, the picture these
     "stop": ("stop", "#d73027"),
-    "old_exited": ("old server gone", "#999999"),
-    "bound": ("new server listening", "#1b7837"),
+    "old_exited": ("old server gone", "#777777"),
+    "new_listener": ("bind", "#1b7837"),
+    "takeover": ("takeover", "#1b7837"),
+    "bound": ("reload done", "#1b7837"),  # shown for reload only (elsewhere: the ready line)
     "start_failed": ("new server failed", "#000000"),
     "first_echo": ("first echo", "#2166ac"),
 }
@@ -69,12 +72,19 @@ def _sockets(ax: Any, run: dict[str, Any]) -> None:
     for key, name, colour, width in STATES:
         ax.step(t, [s.get(key, 0) for s in samples], where="post", label=name, color=colour,
                 linewidth=width)  # fmt: skip
-    for a, b in itertools.pairwise(samples):
-        if a["LISTEN"] == 0 and a["t_ms"] >= 0:
-            ax.axvspan(a["t_ms"] / 1000, b["t_ms"] / 1000, color="#fddbc7", linewidth=0)
+    gaps = [(a["t_ms"], b["t_ms"]) for a, b in itertools.pairwise(samples)
+            if a["LISTEN"] == 0 and a["t_ms"] >= 0]  # fmt: skip
+    for start, end in gaps:
+        ax.axvspan(start / 1000, end / 1000, color="#fddbc7", linewidth=0)
+    top = max([1] + [s.get(k, 0) for s in samples for k, *_ in STATES])
+    if gaps:
+        middle = (gaps[0][0] + gaps[-1][1]) / 2000
+        ax.text(middle, top * 0.75, f"no listener\n{run['no_listener_ms']:.0f} ms", fontsize=8,
+                color="#b2182b", ha="center", va="center",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8})  # fmt: skip
     ax.set_ylabel("sockets on the port")
     ax.grid(True, axis="y", alpha=0.3)
-    top = max([1] + [s.get(k, 0) for s in samples for k, *_ in STATES])
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_ylim(-0.3, top * 1.25 + 0.5)
 
 
@@ -82,6 +92,8 @@ def _marks(axes: list[Any], run: dict[str, Any]) -> None:
     seen = set()
     for event in run["timeline"].get("events", []):
         mark = MARKS.get(event["event"])
+        if event["event"] == "bound" and run["strategy"] != "reload":
+            continue
         if mark is None or event["event"] in seen:
             continue
         seen.add(event["event"])
@@ -91,12 +103,14 @@ def _marks(axes: list[Any], run: dict[str, Any]) -> None:
             ax.axvline(x, color=colour, linestyle="--", linewidth=1.1, alpha=0.9)
         axes[0].annotate(
             name,
-            (x, 1.0),
+            (x, 0.98),
             xycoords=("data", "axes fraction"),
-            xytext=(3, -12 - 11 * (len(seen) % 2)),
+            xytext=(2, 0),
             textcoords="offset points",
             fontsize=8,
             color=colour,
+            rotation=90,
+            va="top",
         )
 
 
@@ -117,35 +131,34 @@ def _probes(ax: Any, run: dict[str, Any]) -> None:
 
 
 def plot(runs: list[dict[str, Any]], path: str) -> None:
-    """Draw one pair of panels (sockets, probes) per run into `path`."""
+    """Draw one pair of panels (sockets, probes) per run into `path`, on one time axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(
-        2 * len(runs),
-        1,
-        figsize=(11, 4.2 * len(runs)),
-        gridspec_kw={"height_ratios": [3, 1] * len(runs)},
-        squeeze=False,
-    )
+    fig = plt.figure(figsize=(12, 3.9 * len(runs)), layout="constrained")
+    figures = fig.subfigures(len(runs), 1, squeeze=False)
+    first: Any = None
     for i, run in enumerate(runs):
-        top, bottom = axes[2 * i][0], axes[2 * i + 1][0]
-        bottom.sharex(top)
+        grid = figures[i][0].add_gridspec(2, 1, height_ratios=[3, 1])
+        top = figures[i][0].add_subplot(grid[0], sharex=first)
+        first = first if first is not None else top
+        bottom = figures[i][0].add_subplot(grid[1], sharex=first)
         _sockets(top, run)
         _probes(bottom, run)
         _marks([top, bottom], run)
-        top.set_title(_title(run), loc="left", fontsize=10)
+        top.set_title(f"{run['target']}  {_title(run)}", loc="left", fontsize=10)
         top.tick_params(labelbottom=False)
         if i == 0:
-            top.legend(loc="upper left", fontsize=8, ncol=5, frameon=False,
-                       bbox_to_anchor=(0, -0.02))  # fmt: skip
-    fig.suptitle(f"echolab restart-check: {runs[0]['target']}", fontsize=11, x=0.01, ha="left")
-    fig.tight_layout()
+            handles, labels = top.get_legend_handles_labels()
+            fig.legend(handles, labels, loc="outside upper center", ncol=len(STATES),
+                       fontsize=8, frameon=False)  # fmt: skip
     try:
-        fig.savefig(path, dpi=110)
+        with warnings.catch_warnings():  # constrained layout's notes on intermediate sizes
+            warnings.simplefilter("ignore", UserWarning)
+            fig.savefig(path, dpi=110)
     except OSError as exc:
-        raise EcholabError(f"cannot write {path}: {exc.strerror}", 5) from None
+        raise EcholabError(f"cannot write {path}: {exc.strerror}", EXIT_OS_ERROR) from None
     finally:
         plt.close(fig)

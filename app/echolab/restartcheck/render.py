@@ -11,7 +11,9 @@ COLOURS = {"pass": "bold green", "fail": "bold red"}
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f} ms"
+    if value is None:
+        return "-"
+    return f"{value:.1f} ms" if value < 10 else f"{value:,.0f} ms"
 
 
 def label(r: Result) -> str:

@@ -107,7 +107,10 @@ class Timeline:
                 if p.outcome
             ],
             "probe_ticks_skipped": self.probe_skipped,
-            "events": [{"t_ms": ms(e.t), "event": e.name, "detail": e.detail} for e in self.events],
+            "events": [
+                {"t_ms": ms(e.t), "event": e.name, "detail": e.detail}
+                for e in sorted(self.events, key=lambda e: e.t)
+            ],
             "listener_owners": [
                 {"t_ms": ms(t), "owners": {str(inode): list(pids) for inode, pids in o.items()}}
                 for t, o in list(self.owners)

@@ -1,0 +1,155 @@
+"""The restart judge's table of cases: each link of the claim, per strategy (no sockets)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from echolab.restartcheck.judge import judge
+from echolab.restartcheck.result import ProbeFigures, QueueFigures, Result
+
+OLD, NEW = 1001, 2002  # listener inodes
+SERVER_A, SERVER_B, HOLDER = 11, 22, 33  # PIDs
+
+
+def stop_start(**changes: Any) -> Result:
+    """A stop-start that proved everything: the base every case changes one thing of."""
+    base = Result(
+        strategy="stop-start",
+        backend="local",
+        target="127.0.0.1:7007",
+        reuseaddr=True,
+        close_first="server",
+        clients=5,
+        sockets_visible=True,
+        listeners_before=[OLD],
+        listeners_after=[NEW],
+        owners_before=[SERVER_A],
+        owners_after=[SERVER_B],
+        no_listener_ms=90.0,
+        time_wait_before_bind=5,
+        time_wait_after_bind=5,
+        time_wait_at_restart=5,
+        time_wait_from_clients=5,
+        closed_by_server=5,
+        rebind="ok",
+        rebind_ms=85.0,
+        echoed_after=True,
+        probes=ProbeFigures(attempts=40, ok=30, refused=10),
+    )
+    return replace(base, **changes)
+
+
+def zero_downtime(strategy: str, **changes: Any) -> Result:
+    """reuseport / socket-activation / reload, nobody turned away."""
+    shape: dict[str, Any] = {
+        "reuseport": {"overlap": True, "no_listener_ms": 0.0},
+        "socket-activation": {
+            "listeners_after": [OLD],
+            "owners_before": [HOLDER, SERVER_A],
+            "owners_after": [HOLDER, SERVER_B],
+            "no_listener_ms": 0.0,
+            "rebind": "inherited",
+        },
+        "reload": {
+            "listeners_after": [OLD],
+            "owners_after": [SERVER_A],
+            "no_listener_ms": 0.0,
+            "generation_before": 1,
+            "generation_after": 2,
+            "sessions_survived": 5,
+        },
+    }[strategy]
+    base = stop_start(strategy=strategy, probes=ProbeFigures(attempts=40, ok=40), **shape)
+    return replace(base, **changes)
+
+
+CASES = [
+    # (name, result, exit status, verdict, words in the reason)
+    ("stop-start proved", stop_start(), 0, "pass", "bound 85 ms after"),
+    ("a slow machine still passes", stop_start(rebind_ms=4000.0), 0, "pass", "4000 ms"),
+    ("the opt-in limit fails a slow bind",
+     stop_start(rebind_limit_ms=1000.0, rebind_ms=4000.0), 1, "fail", "--rebind-limit"),
+    ("the same listener throughout is no restart",
+     stop_start(listeners_after=[OLD], owners_after=[SERVER_A], no_listener_ms=0.0),
+     3, "invalid", "no restart observed"),
+    ("a listener that never went away",
+     stop_start(listeners_after=[OLD, NEW], no_listener_ms=0.0), 3, "invalid", "never went away"),
+    ("another process took a held listener (systemd's socket)",
+     stop_start(listeners_after=[OLD], owners_before=[1, SERVER_A], owners_after=[1, SERVER_B],
+                no_listener_ms=0.0), 0, "pass", "passed from PID 11 to 22"),
+    ("sockets not visible", stop_start(sockets_visible=False), 3, "invalid", "cannot be observed"),
+    ("no TIME_WAIT at the bind", stop_start(time_wait_at_restart=0), 3, "invalid", "no TIME_WAIT"),
+    ("TIME_WAIT only after the bind",
+     stop_start(time_wait_at_restart=0, time_wait_before_bind=0), 3, "invalid",
+     "not on both sides of the bind"),
+    ("clients closed first", stop_start(close_first="client", time_wait_at_restart=0,
+                                        client_side_time_wait=5), 3, "invalid", "clients' ports"),
+    ("resets leave no TIME_WAIT", stop_start(time_wait_at_restart=0, reset_by_server=5,
+                                             closed_by_server=0), 3, "invalid", "reset 5"),
+    ("no echo after the bind", stop_start(echoed_after=False), 1, "fail", "never echoed"),
+    ("EADDRINUSE expected and got",
+     stop_start(reuseaddr=False, listeners_after=[], rebind="EADDRINUSE",
+                rebind_evidence="exit 6"), 0, "pass", "got EADDRINUSE"),
+    ("EADDRINUSE expected, it bound", stop_start(reuseaddr=False), 1, "fail",
+     "expected EADDRINUSE"),
+    ("EADDRINUSE expected, another failure",
+     stop_start(reuseaddr=False, listeners_after=[], rebind="failed (exit 5)"), 1, "fail",
+     "got failed (exit 5)"),
+    ("reuseport proved", zero_downtime("reuseport"), 0, "pass", "both listened"),
+    ("reuseport without overlap", zero_downtime("reuseport", overlap=False, no_listener_ms=30.0),
+     1, "fail", "never seen beside"),
+    ("reuseport losing the queue",
+     zero_downtime("reuseport", queue=QueueFigures(clients=4, queued=4, reset=4)), 1, "fail",
+     "4 of 4 queued"),
+    ("reuseport with resets", zero_downtime("reuseport", probes=ProbeFigures(40, 30, 0, 10)),
+     1, "fail", "10 of 40 probe connections reset"),
+    ("socket activation proved", zero_downtime("socket-activation"), 0, "pass", "same listener"),
+    ("socket activation, refused", zero_downtime(
+        "socket-activation", probes=ProbeFigures(attempts=40, ok=35, refused=5)), 1, "fail",
+     "5 of 40 probe connects refused"),
+    ("reload proved", zero_downtime("reload"), 0, "pass", "generation 1 -> 2"),
+    ("reload without a new generation", zero_downtime("reload", generation_after=1), 3,
+     "invalid", "no new generation"),
+    ("reload under a new PID is no reload",
+     zero_downtime("reload", owners_after=[SERVER_B]), 3, "invalid", "no new generation"),
+    ("reload that killed the server",
+     zero_downtime("reload", rebind="failed (SIGHUP: the server was killed by SIGHUP)",
+                   listeners_after=[], owners_after=[], echoed_after=False), 1, "fail",
+     "did not survive"),
+    ("reload that dropped held sessions", zero_downtime("reload", sessions_survived=3), 1, "fail",
+     "only 3 of 5"),
+    ("no probes during a zero-downtime restart",
+     zero_downtime("reuseport", probes=ProbeFigures()), 3, "invalid", "no probe"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "result", "status", "verdict", "words"), CASES,
+                         ids=[c[0] for c in CASES])  # fmt: skip
+def test_judge(name: str, result: Result, status: int, verdict: str, words: str) -> None:
+    assert judge(result) == status, result.reason
+    assert result.verdict == verdict
+    assert words in result.reason, result.reason
+    assert result.expected
+
+
+def test_links_are_reported_in_order_and_stop_at_the_first_missing_one() -> None:
+    r = stop_start()
+    judge(r)
+    assert list(r.links) == ["restart", "time_wait", "outcome"]
+    assert all(link["ok"] for link in r.links.values())
+    r = stop_start(listeners_after=[OLD], owners_after=[SERVER_A], no_listener_ms=0.0)
+    judge(r)
+    assert list(r.links) == ["restart"] and r.links["restart"]["ok"] is False
+
+
+def test_json_has_the_schema_and_rounds_times() -> None:
+    r = stop_start(rebind_ms=85.04321)
+    judge(r)
+    data = r.as_json()
+    assert data["schema"] == "echolab.restart-check/2"
+    assert data["rebind_ms"] == 85.0
+    assert data["probes"]["attempts"] == 40 and data["queue"]["clients"] == 0
+    assert "timeline" not in r.as_json(timeline=False)
