@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import signal
 import socket
 import struct
+import sys
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
-from echolab.errors import EXIT_OS_ERROR, EcholabError
+from echolab.errors import EXIT_OS_ERROR, EXIT_USAGE, EcholabError
 from echolab.netaddr import format_address
 from echolab.report import write_json
 
@@ -65,6 +69,8 @@ TIMER_NAMES = {0: "", 1: "retransmit", 2: "keepalive", 3: "time_wait", 4: "probe
 Side = Literal["local", "remote", "any"]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+MIN_INTERVAL = 0.05  # s: --watch faster than this would only burn CPU
+WATCH_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass(frozen=True)
@@ -343,8 +349,19 @@ def _summary(counts: dict[str, int]) -> str:
     return ", ".join(f"{state} {n}" for state, n in counts.items()) or "none"
 
 
-def render_text(report: dict[str, Any], max_rows: int = 20) -> str:
-    """The report as aligned text, at most `max_rows` sockets per side and state listed."""
+TIME_WAIT_S = 60.0  # how long Linux keeps TIME_WAIT (fixed): the full length of a countdown bar
+BAR = 10  # characters in a countdown bar
+
+
+def countdown(seconds: float) -> str:
+    """A TIME_WAIT countdown as a bar: full at 60 s left, empty when the kernel reaps it."""
+    full = max(0, min(BAR, round(seconds / TIME_WAIT_S * BAR)))
+    return "█" * full + "░" * (BAR - full)
+
+
+def render_text(report: dict[str, Any], max_rows: int = 20, bars: bool = False) -> str:
+    """The report as aligned text, at most `max_rows` sockets per side and state listed
+    (`bars`: a countdown bar beside each TIME_WAIT socket's time left)."""
     port = report["port"]
     lines = [
         f"TCP sockets on port {port}",
@@ -362,7 +379,7 @@ def render_text(report: dict[str, Any], max_rows: int = 20) -> str:
         shown[key] += 1
         timer = ""
         if s["state"] == "TIME_WAIT":
-            timer = f"{s['timer_s']:.1f}s left"
+            timer = f"{s['timer_s']:4.1f}s left" + (f" {countdown(s['timer_s'])}" if bars else "")
         elif s["timer"]:
             timer = f"{s['timer']} {s['timer_s']:.1f}s"
         pids = ",".join(str(p) for p in s["pids"])
@@ -379,11 +396,72 @@ def render_text(report: dict[str, Any], max_rows: int = 20) -> str:
     return "\n".join(lines)
 
 
+class _StopWatching(Exception):
+    """Raised by the signal handler: the watch ends where it is, and cleans up."""
+
+
+def _stop_watching(signum: int, frame: object) -> None:
+    raise _StopWatching(signum)
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """One reading as one line (the watch without a terminal)."""
+    left = sorted(s["timer_s"] for s in report["sockets"]
+                  if s["side"] == "server" and s["state"] == "TIME_WAIT")  # fmt: skip
+    expiry = f" (TIME_WAIT expires in {left[0]:.1f}-{left[-1]:.1f} s)" if left else ""
+    return (
+        f"{time.strftime('%H:%M:%S')} port {report['port']}: server "
+        f"{_summary(report['server_side'])}{expiry}; client {_summary(report['client_side'])}"
+    )
+
+
+def screen(report: dict[str, Any], interval: float) -> str:
+    """One reading as a full screen: home, the table with countdowns, clear the rest."""
+    rows = shutil.get_terminal_size((100, 30)).lines
+    head = (
+        f"echolab sockets --watch: every {interval:g} s, {time.strftime('%H:%M:%S')} (Ctrl-C ends)"
+    )
+    lines = [head, *render_text(report, max_rows=max(1, rows - 8), bars=True).splitlines()]
+    body = "\x1b[K\n".join(lines[: rows - 1])
+    return "\x1b[H" + body + "\x1b[K\n\x1b[J"
+
+
+def watch(port: int, interval: float, out: TextIO) -> int:
+    """Redraw (terminal) or print a line (otherwise) every `interval` s until a signal; 0."""
+    tty = out.isatty()
+    saved = {sig: signal.signal(sig, _stop_watching) for sig in WATCH_SIGNALS}
+    try:
+        if tty:
+            out.write("\x1b[?25l\x1b[2J")  # hide the cursor, clear once
+        while True:
+            report = port_report(port)
+            out.write(screen(report, interval) if tty else summary_line(report) + "\n")
+            out.flush()
+            time.sleep(interval)
+    except _StopWatching:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the clean-up is not cut short
+        if tty:
+            out.write("\x1b[?25h\n")
+        out.flush()
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    """`echolab sockets`: print the sockets on --port by state; --json for machines."""
+    """`echolab sockets`: print the sockets on --port by state; --json for machines; --watch
+    to redraw them until Ctrl-C or SIGTERM."""
     port: int = args.port
     if not os.path.exists(PROC_FILES[0][0]):
         raise EcholabError("/proc/net/tcp is not readable here (is /proc mounted?)", EXIT_OS_ERROR)
+    if args.watch:
+        if args.json_file is not None:
+            raise EcholabError("--watch draws for people: drop --json", EXIT_USAGE)
+        if args.interval < MIN_INTERVAL:
+            raise EcholabError(f"--interval must be at least {MIN_INTERVAL:g} s", EXIT_USAGE)
+        return watch(port, args.interval, sys.stdout)
     report = port_report(port)
     json_file: str | None = args.json_file
     if json_file is not None:

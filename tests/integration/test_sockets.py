@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -15,7 +17,14 @@ from collections.abc import Iterator
 import pytest
 
 from echolab import tcpstate
-from tests.support import connect, run_echolab, running_server, ss_time_wait, wait_until
+from tests.support import (
+    connect,
+    echolab_cmd,
+    run_echolab,
+    running_server,
+    ss_time_wait,
+    wait_until,
+)
 
 SS_STATES = {
     "ESTAB": "ESTABLISHED",
@@ -204,3 +213,68 @@ def test_empty_port_and_bad_port() -> None:
     bad = run_echolab("sockets", "--port", "70000")
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr
+
+
+# --- the live view -----------------------------------------------------------------------------
+def read_all(fd: int) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the other side of the terminal is closed
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_watch_on_a_terminal_redraws_with_countdowns(states_zoo: int, sig: int) -> None:
+    main, child = pty.openpty()
+    proc = subprocess.Popen(
+        echolab_cmd("sockets", "--port", str(states_zoo), "--watch", "--interval", "0.1"),
+        stdin=child, stdout=child, stderr=child,
+    )  # fmt: skip
+    os.close(child)
+    try:
+        screen = b""
+        while screen.count(b"\x1b[H") < 3:  # three frames drawn
+            screen += os.read(main, 65536)
+        proc.send_signal(sig)
+        assert proc.wait(10) == 0  # the way to end a watch: not an error
+        screen += read_all(main)
+    finally:
+        proc.kill()
+        os.close(main)
+    text = screen.decode()
+    frame = text.rsplit("\x1b[H", 1)[1]
+    assert f"TCP sockets on port {states_zoo}" in frame
+    assert re.search(r"TIME_WAIT .+ \d+\.\ds left [█░]{10}", frame), frame
+    assert text.endswith(
+        "\x1b[?25h\r\n"
+    )  # the cursor is given back (the terminal turns \\n into \\r\\n)
+    assert "Traceback" not in text
+
+
+def test_watch_without_a_terminal_prints_one_line_per_reading() -> None:
+    with running_server("--grace", "0") as srv:
+        proc = subprocess.Popen(
+            echolab_cmd("sockets", "--port", str(srv.port), "--watch", "--interval", "0.05"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]
+        proc.terminate()
+        rest, err = proc.communicate(10)
+    assert proc.returncode == 0, err
+    for line in lines:
+        assert re.match(rf"\d\d:\d\d:\d\d port {srv.port}: server LISTEN 1; client none$", line)
+    assert "\x1b" not in "".join(lines) + rest
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args", [["--json", "-"], ["--interval", "0"]])
+def test_watch_bad_combinations_exit_2(args: list[str]) -> None:
+    proc = run_echolab("sockets", "--port", "7", "--watch", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -118,3 +118,58 @@ def test_real_sockets_server_first_close_leaves_time_wait_on_the_server_port() -
         finally:
             for s in (c2, a2):
                 s.close()
+
+
+def test_sock_diag_and_proc_agree_socket_for_socket() -> None:
+    """The two sources of read_sockets (inetdiag.py's netlink dump, /proc/net/tcp) on real
+    loopback sockets in every interesting state, IPv4 and IPv6."""
+    keep = []
+    with socket.socket() as listener, socket.socket(socket.AF_INET6) as listener6:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        listener6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        listener6.bind(("::1", port))
+        listener.listen()
+        listener6.listen()
+        for host, lst in (("127.0.0.1", listener), ("::1", listener6)):
+            c = socket.create_connection((host, port))
+            a, _ = lst.accept()
+            keep += [c, a]
+        c = socket.create_connection(("127.0.0.1", port))  # left in the accept queue
+        keep.append(c)
+        c = socket.create_connection(("127.0.0.1", port))
+        a, _ = listener.accept()
+        a.close()  # server first: TIME_WAIT on the server's side
+        assert c.recv(1) == b""
+        c.close()
+        try:
+            for side in ("local", "remote", "any"):
+                diag = tcpstate.read_sockets(port, side)
+                proc = tcpstate.read_sockets(port, side, source="proc")
+
+                def key(s: tcpstate.TcpSocket) -> tuple[object, ...]:
+                    return (s.family, s.state, s.local, s.remote, s.inode, s.uid, s.rx_queue)
+
+                assert sorted(map(key, diag)) == sorted(map(key, proc)), side
+                for a, b in zip(sorted(diag, key=key), sorted(proc, key=key), strict=True):
+                    assert abs(a.timer_s - b.timer_s) < 1.0 and a.timer == b.timer
+            (lst4,) = tcpstate.read_sockets(port, states=["LISTEN"], addr="127.0.0.1")
+            assert lst4.rx_queue == 1  # the connection never accepted
+        finally:
+            for s in keep:
+                s.close()
+
+
+def test_sock_diag_unavailable_falls_back_to_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    from echolab import inetdiag
+
+    def refuse(port: int, local: bool = True) -> list[object]:
+        raise inetdiag.DiagUnavailable(1, "not here")
+
+    monkeypatch.setattr(inetdiag, "dump", refuse)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        (found,) = tcpstate.read_sockets(port, states=["LISTEN"])
+        assert found.local == f"127.0.0.1:{port}"
