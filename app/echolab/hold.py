@@ -161,7 +161,8 @@ class HeldClients:
         self.sel.close()
 
 
-def _resolve(host: str, port: int) -> tuple[int, tuple[Any, ...]]:
+def resolve(host: str, port: int) -> tuple[int, tuple[Any, ...]]:
+    """The first address of host:port (exit 2 when it does not resolve)."""
     try:
         family, _t, _p, _n, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except (socket.gaierror, IndexError, UnicodeError) as exc:
@@ -172,7 +173,7 @@ def _resolve(host: str, port: int) -> tuple[int, tuple[Any, ...]]:
 def run(args: argparse.Namespace) -> int:
     """`echolab hold`: hold N clients until the server closes them all (or --duration ends)."""
     host, port = args.target
-    family, sockaddr = _resolve(host, port)
+    family, sockaddr = resolve(host, port)
     stop: list[int] = []
 
     def record(signum: int, _frame: object) -> None:

@@ -422,6 +422,14 @@ def test_a_signal_mid_restart_stops_the_restart_command_and_reports(
     assert "verdict" in out and "INTERRUPTED" in out  # the summary so far
 
 
+def freeze_then_terminate(proc: subprocess.Popen[str], server: int) -> tuple[str, str]:
+    """SIGSTOP the server restart-check waits for, then SIGTERM restart-check."""
+    os.kill(server, signal.SIGSTOP)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=30)
+
+
 def test_sigterm_in_local_mode_leaves_no_server_behind(tmp_path: Path) -> None:
     """It used to exit 143 silently with its server still listening, re-parented to PID 1."""
     json_file = tmp_path / "r.json"
@@ -430,10 +438,7 @@ def test_sigterm_in_local_mode_leaves_no_server_behind(tmp_path: Path) -> None:
         # Freeze the first server before it listens: restart-check waits for it, mid-run.
         wait_until(lambda: descendants_of(proc.pid), 20, interval=0.001, what="the server")
         server = descendants_of(proc.pid)[0]
-        os.kill(server, signal.SIGSTOP)
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        _, err = freeze_then_terminate(proc, server)
     finally:
         kill_tree(proc.pid)
     assert proc.returncode == 143, err
@@ -458,10 +463,7 @@ def test_sigterm_after_the_stop_leaves_no_server_behind(tmp_path: Path) -> None:
         wait_until(lambda: second_server() is not None, 30, interval=0.001, what="the new server")
         new = second_server()
         assert new is not None
-        os.kill(new, signal.SIGSTOP)
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        out, err = freeze_then_terminate(proc, new)
     finally:
         kill_tree(proc.pid)
     assert proc.returncode == 143, err

@@ -19,8 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from echolab.errors import EXIT_USAGE, EcholabError
-from echolab.hold import HeldClients
+from echolab.hold import HeldClients, resolve
 from echolab.netaddr import format_address
 from echolab.probe import exchange
 from echolab.restartcheck.result import ProbeFigures, QueueFigures, Result
@@ -140,15 +139,6 @@ class QueueClients:
     def close(self) -> None:
         for sock in self.socks:
             sock.close()
-
-
-def resolve(host: str, port: int) -> tuple[int, tuple[Any, ...]]:
-    """The first address of host:port (exit 2 when it does not resolve)."""
-    try:
-        family, _t, _p, _n, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except (socket.gaierror, IndexError, UnicodeError) as exc:
-        raise EcholabError(f"cannot resolve {host!r}: {exc}", EXIT_USAGE) from None
-    return family, tuple(sockaddr)
 
 
 def echo_once(family: int, sockaddr: tuple[Any, ...], timeout: float) -> bool:

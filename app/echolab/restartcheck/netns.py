@@ -18,7 +18,7 @@ import os
 import socket
 import struct
 
-from echolab.errors import EXIT_PERMISSION, EcholabError
+from echolab.errors import EXIT_OS_ERROR, EXIT_PERMISSION, EcholabError
 
 CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
@@ -37,7 +37,7 @@ def enter() -> None:
         code = ctypes.get_errno()
         raise EcholabError(
             f"cannot make a network namespace: {os.strerror(code)} (needs root)",
-            EXIT_PERMISSION if code in (errno.EPERM, errno.EACCES) else 5,
+            EXIT_PERMISSION if code in (errno.EPERM, errno.EACCES) else EXIT_OS_ERROR,
         )
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         request = struct.pack("16sh", b"lo", 0)
