@@ -54,12 +54,26 @@ class Interrupts:
 
     def __init__(self) -> None:
         self.received: list[int] = []
+        self.armed = True
         self._saved: dict[int, object] = {}
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         self.received.append(signum)
-        if len(self.received) == 1:
+        if self.armed:
+            self.armed = False
             raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Clean-up that a signal must not cut short: a signal arriving meanwhile is raised
+        once it is done (if it is the first)."""
+        was, self.armed = self.armed, False
+        try:
+            yield
+        finally:
+            self.armed = was and not self.received
+        if was and self.received:
+            raise Interrupted(self.received[0])
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[Interrupts]:
@@ -142,7 +156,11 @@ def make_backend(args: argparse.Namespace, plan: Plan) -> Backend:
 
 
 def run_one(
-    args: argparse.Namespace, plan: Plan, namespace: bool, migrate: int | None
+    args: argparse.Namespace,
+    plan: Plan,
+    namespace: bool,
+    migrate: int | None,
+    interrupts: Interrupts,
 ) -> tuple[Result, int]:
     """One experiment, judged; (result, exit status). Interrupted propagates with the partial
     result attached."""
@@ -169,8 +187,13 @@ def run_one(
         try:
             exp.execute()
         finally:
-            exp.close()
+            with interrupts.deferred():
+                exp.close()
+        with interrupts.deferred():
+            exp.collect()
+            return result, judge(result)
     except (Interrupted, EcholabError) as exc:
+        interrupts.armed = False  # what follows is reporting: signals are only recorded now
         # What was seen so far goes into the result; a run cut short at any point may leave
         # pieces unset, and nothing here may hide the error or the signal that cut it.
         with contextlib.suppress(Exception):
@@ -184,8 +207,6 @@ def run_one(
             result.verdict, result.reason = "error", str(exc)
         setattr(exc, "result", result)  # noqa: B010  the partial result, for output()
         raise
-    exp.collect()
-    return result, judge(result)
 
 
 def compare_plans(
@@ -216,28 +237,36 @@ def run(args: argparse.Namespace) -> int:
     interrupts = Interrupts()
     results: list[Result] = []
     skipped: list[tuple[str, str]] = []
-    status = EXIT_OK
     with interrupts.installed():
-        try:
-            if args.compare:
-                status = run_compare(args, results, skipped)
-            else:
-                migrate = None if args.migrate_req is None else int(args.migrate_req == "on")
-                plan = make_plan(args, args.strategy, not args.no_reuseaddr)
-                result, status = run_one(args, plan, migrate is not None, migrate)
-                results.append(result)
-        except Interrupted as exc:
-            _keep_partial(exc, results)
-            status = 128 + exc.signum
-        except EcholabError as exc:
-            _keep_partial(exc, results)
-            interrupts.received.append(0)
-            output(args, results, skipped, exc.code, table=False)  # the error is one line
-            raise
-        finally:
-            interrupts.received.append(0)  # from here on, signals are only recorded
-    output(args, results, skipped, status)
+        status = _run_all(args, interrupts, results, skipped)
+        interrupts.armed = False  # from here on, signals are only recorded
+        output(args, results, skipped, status)
     return status
+
+
+def _run_all(
+    args: argparse.Namespace,
+    interrupts: Interrupts,
+    results: list[Result],
+    skipped: list[tuple[str, str]],
+) -> int:
+    """The run (one strategy or the comparison); its status, 128+N after signal N."""
+    try:
+        if args.compare:
+            return run_compare(args, results, skipped, interrupts)
+        migrate = None if args.migrate_req is None else int(args.migrate_req == "on")
+        plan = make_plan(args, args.strategy, not args.no_reuseaddr)
+        result, status = run_one(args, plan, migrate is not None, migrate, interrupts)
+        results.append(result)
+        return status
+    except Interrupted as exc:
+        _keep_partial(exc, results)
+        return 128 + exc.signum
+    except EcholabError as exc:
+        _keep_partial(exc, results)
+        interrupts.armed = False
+        output(args, results, skipped, exc.code, table=False)  # the error itself is one line
+        raise
 
 
 def _keep_partial(exc: Exception, results: list[Result]) -> None:
@@ -247,7 +276,10 @@ def _keep_partial(exc: Exception, results: list[Result]) -> None:
 
 
 def run_compare(
-    args: argparse.Namespace, results: list[Result], skipped: list[tuple[str, str]]
+    args: argparse.Namespace,
+    results: list[Result],
+    skipped: list[tuple[str, str]],
+    interrupts: Interrupts,
 ) -> int:
     """Each strategy in turn (each in a namespace of its own when we may make one)."""
     plans, skipped[:] = compare_plans(args)
@@ -256,7 +288,7 @@ def run_compare(
     for i, (plan, migrate) in enumerate(plans, 1):
         if not own:
             plan.port = 0  # one port each: an earlier run's TIME_WAIT would muddle the next
-        result, status = run_one(args, plan, own, migrate)
+        result, status = run_one(args, plan, own, migrate, interrupts)
         print(f"restart-check {i}/{len(plans)}: {label(result)}: {result.verdict}",
               file=sys.stderr, flush=True)  # fmt: skip
         results.append(result)
