@@ -21,10 +21,9 @@ def test_the_first_signal_raises_later_ones_are_only_recorded() -> None:
 def test_a_signal_during_deferred_clean_up_is_raised_after_it() -> None:
     i = Interrupts()
     done = []
-    with pytest.raises(Interrupted) as caught:
-        with i.deferred():
-            i.handle(signal.SIGHUP, None)  # must not cut the clean-up short
-            done.append("cleaned up")
+    with pytest.raises(Interrupted) as caught, i.deferred():
+        i.handle(signal.SIGHUP, None)  # must not cut the clean-up short
+        done.append("cleaned up")
     assert done == ["cleaned up"]
     assert caught.value.signum == signal.SIGHUP
     assert not i.armed
