@@ -135,13 +135,15 @@ def test_sock_diag_and_proc_agree_socket_for_socket() -> None:
             c = socket.create_connection((host, port))
             a, _ = lst.accept()
             keep += [c, a]
-        c = socket.create_connection(("127.0.0.1", port))  # left in the accept queue
-        keep.append(c)
-        c = socket.create_connection(("127.0.0.1", port))
+        c = socket.create_connection(("127.0.0.1", port), timeout=5)
         a, _ = listener.accept()
         a.close()  # server first: TIME_WAIT on the server's side
         assert c.recv(1) == b""
         c.close()
+        deadline = time.monotonic() + 5
+        while tcpstate.time_wait_count(port, addr="127.0.0.1") < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        keep.append(socket.create_connection(("127.0.0.1", port)))  # left in the accept queue
         try:
             for side in ("local", "remote", "any"):
                 diag = tcpstate.read_sockets(port, side)

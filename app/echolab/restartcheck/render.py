@@ -74,7 +74,11 @@ def _probes(r: Result) -> str:
 
 def render_rows(r: Result) -> list[tuple[str, str]]:
     """One run as (label, value) rows."""
-    rebind = r.rebind + (f" after {_ms(r.rebind_ms)}" if r.rebind_ms is not None else "")
+    rebind = r.rebind + (
+        f", ready {_ms(r.rebind_ms)} after the old server was gone"
+        if r.rebind_ms is not None
+        else ""
+    )
     where = f"{r.target} ({r.backend}" + (", own network namespace" if r.netns.get("own") else "")
     rows = [
         ("target", where + ")"),
