@@ -208,10 +208,17 @@ def _from_diag(port: int, side: Side) -> list[TcpSocket] | None:
 
 
 def _from_proc(port: int | None) -> Iterator[TcpSocket]:
+    # The kernel prints the table in pieces while it changes: under churn a socket can come
+    # twice (or not at all). A socket is one (family, state, ends, inode): list it once.
+    seen = set()
     for path, family in PROC_FILES:
         for line in _lines(path):
             sock = parse_line(line, family)
-            if sock is not None:
+            if sock is None:
+                continue
+            key = (sock.family, sock.state, sock.local, sock.remote, sock.inode)
+            if key not in seen:
+                seen.add(key)
                 yield sock
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from echolab.proctree import descendants_of, kill_tree, process_state
+from echolab.proctree import children_of, descendants_of, kill_tree, process_state
 from tests.support import ROOT, echolab_cmd, require, run_echolab, ss_time_wait, wait_until
 
 KEYS = {"schema", "strategy", "reuseaddr", "time_wait_at_restart", "rebind", "restart_ms",
@@ -436,8 +436,8 @@ def test_sigterm_in_local_mode_leaves_no_server_behind(tmp_path: Path) -> None:
     proc = spawn("--port", "0", "--timeout", "60", "--json", str(json_file))
     try:
         # Freeze the first server before it listens: restart-check waits for it, mid-run.
-        wait_until(lambda: descendants_of(proc.pid), 20, interval=0.001, what="the server")
-        server = descendants_of(proc.pid)[0]
+        wait_until(lambda: children_of(proc.pid), 20, interval=0.001, what="the server")
+        server = children_of(proc.pid)[0]
         _, err = freeze_then_terminate(proc, server)
     finally:
         kill_tree(proc.pid)
@@ -456,8 +456,10 @@ def test_sigterm_after_the_stop_leaves_no_server_behind(tmp_path: Path) -> None:
         first = []
 
         def second_server() -> int | None:
-            servers = [p for p in descendants_of(proc.pid) if "serve" in _cmdline(p)]
-            first.extend(p for p in servers[:1] if p not in first)
+            # restart-check's own children (a server's session children are its grandchildren)
+            servers = [p for p in children_of(proc.pid) if "serve" in _cmdline(p)]
+            if not first:
+                first.extend(servers[:1])
             return next((p for p in servers if p not in first), None)
 
         wait_until(lambda: second_server() is not None, 30, interval=0.001, what="the new server")

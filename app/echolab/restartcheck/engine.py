@@ -343,7 +343,7 @@ class Experiment:
         if self.t_up is not None:
             r.restart_ms = (self.t_up - t0) * 1000
         self.collect_probes()
-        if self.sampler is not None:
+        if self.sampler is not None and self.timeline.event("restart") is not None:
             self.collect_listeners()
             self.collect_time_wait()
         self.backend.finish(self, r)
