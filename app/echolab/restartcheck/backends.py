@@ -32,9 +32,9 @@ from echolab.restartcheck.engine import Context, Plan
 from echolab.restartcheck.result import Result
 
 PID_IN_LINE = re.compile(r"echolab\[(\d+)\]")
-# serve's reload line carries its generation: "... reload ... generation 2 ..." (text) or
-# "generation": 2 (json). The first generation is 1.
-GENERATION = re.compile(r"reload.*?generation\D{0,3}(\d+)", re.IGNORECASE)
+# serve's reload line names the reload and its generation, in either order: "... reload ...
+# generation 2 ..." (text) or "generation": 2 (json). The first generation is 1.
+GENERATION = re.compile(r"generation\D{0,3}(\d+)", re.IGNORECASE)
 STOP_WAIT = 10.0  # s for a process group to end after SIGTERM before SIGKILL
 OUTPUT_TAIL = 2000  # characters of a restart command's output kept in the result
 
@@ -109,7 +109,7 @@ class ServeProcess:
             ready = parse_ready(line)
             if ready and pid:
                 self.ready.append((time.monotonic(), int(pid.group(1)), ready[1]))
-            generation = GENERATION.search(line)
+            generation = GENERATION.search(line) if "reload" in line.lower() else None
             if generation:
                 self.generations.append((time.monotonic(), int(generation.group(1))))
 
@@ -181,6 +181,7 @@ class LocalBackend:
         self.old: ServeProcess | None = None
         self.new: ServeProcess | None = None
         self.failed_status: int | None = None
+        self.generation_before = 1
 
     def start(self, ctx: Context) -> tuple[str, int]:
         p = self.plan
@@ -234,6 +235,7 @@ class LocalBackend:
         """SIGHUP in place; wait for the server's next generation (or its death)."""
         assert self.old is not None
         seen = len(self.old.generations)
+        self.generation_before = max((g for _, g in self.old.generations), default=1)
         ctx.timeline.mark("stop", f"SIGHUP to PID {self.old.pid}")
         self.old.proc.send_signal(signal.SIGHUP)
         while time.monotonic() < ctx.deadline and self.old.proc.poll() is None:
@@ -271,7 +273,7 @@ class LocalBackend:
 
     def finish_reload(self, r: Result) -> None:
         assert self.old is not None
-        r.generation_before = 1
+        r.generation_before = self.generation_before
         r.generation_after = max((g for _, g in self.old.generations), default=1)
         r.server_pid_after = self.old.pid if self.old.proc.poll() is None else None
         if self.failed_status is not None:

@@ -351,9 +351,10 @@ class Experiment:
         return r
 
     def collect_probes(self) -> None:
+        # From the start of the restart to the end of probing (AFTER past the first echo): a
+        # zero-downtime strategy must not turn anyone away just after its restart either.
         r, t0 = self.result, self.timeline.t0
-        end = self.t_up if self.t_up is not None else float("inf")
-        window = [p for p in list(self.timeline.probes) if t0 <= p.t <= end and p.outcome]
+        window = [p for p in list(self.timeline.probes) if t0 <= p.t and p.outcome]
         f = ProbeFigures(attempts=len(window))
         for p in window:
             name = p.outcome if p.outcome in ("ok", "refused", "reset", "timeout") else None

@@ -67,7 +67,7 @@ def _queue(r: Result) -> str:
 
 def _probes(r: Result) -> str:
     p = r.probes
-    text = f"{p.attempts} during the restart: {p.refused} refused, {p.reset} reset"
+    text = f"{p.attempts} from the restart on: {p.refused} refused, {p.reset} reset"
     text += f", {p.echo_failed + p.timeout + p.other} failed echo"
     return text + f"; connect p99 {_ms(p.connect_p99_ms)}, echo p99 {_ms(p.echo_p99_ms)}"
 

@@ -15,7 +15,7 @@ STRATEGIES = ("stop-start", "reuseport", "socket-activation", "reload")
 
 @dataclass
 class ProbeFigures:
-    """Probe connections made between the start of the restart and the first echo after it."""
+    """Probe connections made from the start of the restart until 0.3 s after the first echo."""
 
     attempts: int = 0
     ok: int = 0
