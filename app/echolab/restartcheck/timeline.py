@@ -22,6 +22,7 @@ SAMPLE_INTERVAL = 0.01  # s between two readings of the port's sockets ("every ~
 OWNER_INTERVAL = 0.1  # s between two scans of /proc/*/fd for the listeners' processes (dearer)
 PROBE_INTERVAL = 0.005  # s between two probe connections (a steady arrival rate)
 PROBE_INFLIGHT = 256  # probes open at once at most; beyond, a tick is skipped (and counted)
+PROBE_DRAIN = 1.0  # s the probes in flight when probing stops may take to finish
 PROBE_PAYLOAD = b"echolab restart-check probe\n"
 # States counted per sample; NEW_SYN_RECV (a request socket) is counted as SYN_RECV.
 COUNTED = ("LISTEN", "ESTABLISHED", "TIME_WAIT", "SYN_RECV")
@@ -220,10 +221,16 @@ class Prober(threading.Thread):
 
     def run(self) -> None:
         next_at = time.monotonic()
+        drain_until = float("inf")
         try:
-            while not self._stop_event.is_set():
+            while self._live or not self._stop_event.is_set():
                 now = time.monotonic()
-                if now >= next_at:
+                if self._stop_event.is_set():  # no new probe; the ones in flight may finish
+                    drain_until = min(drain_until, now + PROBE_DRAIN)
+                    next_at = now + PROBE_INTERVAL
+                    if now >= drain_until:
+                        break
+                elif now >= next_at:
                     next_at = now + PROBE_INTERVAL
                     if len(self._live) < PROBE_INFLIGHT:
                         self._start(now)
