@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -215,11 +216,11 @@ def test_reload_without_a_new_generation_is_not_a_reload() -> None:
 
 
 def test_compare_runs_every_strategy_and_prints_one_table(tmp_path: Path) -> None:
-    plot = tmp_path / "compare.png"
-    proc = run_echolab("restart-check", "--compare", "--json", "-", "--plot", str(plot),
-                       timeout=240)  # fmt: skip
+    plot, json_file = tmp_path / "compare.png", tmp_path / "compare.json"
+    proc = run_echolab("restart-check", "--compare", "--clients", "3", "--json", str(json_file),
+                       "--plot", str(plot), timeout=240)  # fmt: skip
     assert "Traceback" not in proc.stderr, proc.stderr
-    data = json.loads(proc.stdout)
+    data = json.loads(json_file.read_text())
     names = [(r["strategy"], r["reuseaddr"]) for r in data["compare"]]
     assert names[:2] == [("stop-start", True), ("stop-start", False)]
     assert ("reuseport", True) in names and ("reload", True) in names
@@ -227,10 +228,13 @@ def test_compare_runs_every_strategy_and_prints_one_table(tmp_path: Path) -> Non
     assert by["stop-startTrue"]["verdict"] == "pass"
     assert by["stop-startFalse"]["rebind"] == "EADDRINUSE"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = run_echolab("restart-check", "--compare", "--clients", "2", timeout=240).stdout
-    header = next(line for line in table.splitlines() if "strategy" in line)
+    lines = proc.stdout.splitlines()
+    header = next(line for line in lines if "strategy" in line)
     for column in ("refused", "reset", "connect p99", "no listener", "TIME_WAIT at bind"):
         assert column in header
+    rows = [line for line in lines if re.match(r"  stop-start(, no SO_REUSEADDR)? +PASS ", line)]
+    assert len(rows) == 2, proc.stdout
+    assert len(re.findall(r"restart-check \d/\d: ", proc.stderr)) == len(data["compare"])
 
 
 @pytest.mark.parametrize("suffix", [".svg", ".png"])

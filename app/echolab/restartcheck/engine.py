@@ -11,10 +11,10 @@ server's port, as a real stop with clients connected does.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import selectors
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -86,59 +86,80 @@ class Backend(Protocol):
 
 class QueueClients:
     """Clients that connect to a server at its child cap: the kernel completes their
-    handshakes and they wait in the listener's accept queue, each with its request sent."""
+    handshakes and they wait in the listener's accept queue, each with its request sent. A
+    thread reads their echoes and closes each one served at once, so that they do not hold
+    the next server's child slots (it runs with the same cap under socket activation)."""
 
     def __init__(self, family: int, sockaddr: tuple[Any, ...], n: int) -> None:
-        self.socks: list[socket.socket] = []
+        self.figures = QueueFigures(clients=n)
+        self.sel = selectors.DefaultSelector()
+        self.got: dict[socket.socket, bytes] = {}
         for _ in range(n):
             sock = socket.socket(family, socket.SOCK_STREAM)
-            self.socks.append(sock)
             sock.settimeout(QUEUE_WAIT)
             try:
                 sock.connect(sockaddr)
                 sock.sendall(PROBE_PAYLOAD)
-            except OSError:
-                continue
-
-    def outcome(self, figures: QueueFigures, deadline: float) -> None:
-        """Read each echo until `deadline`: echoed, reset or failed."""
-        sel = selectors.DefaultSelector()
-        got: dict[socket.socket, bytes] = {}
-        for sock in self.socks:
-            with contextlib.suppress(OSError, ValueError):
                 sock.setblocking(False)
-                sel.register(sock, selectors.EVENT_READ)
-                got[sock] = b""
-        while got and time.monotonic() < deadline:
-            for key, _ in sel.select(max(0.0, deadline - time.monotonic())):
+            except OSError:
+                sock.close()
+                self.figures.failed += 1
+                continue
+            self.got[sock] = b""
+            self.sel.register(sock, selectors.EVENT_READ)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="echolab-queue", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while self.got and not self._stop.is_set():
+            for key, _ in self.sel.select(0.01):
                 ready = key.fileobj
                 assert isinstance(ready, socket.socket)
-                sock = ready
-                try:
-                    chunk = sock.recv(len(PROBE_PAYLOAD))
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    figures.reset += 1
-                    chunk = None
-                if chunk:
-                    got[sock] += chunk
-                    if len(got[sock]) < len(PROBE_PAYLOAD):
-                        continue
-                    if got[sock] == PROBE_PAYLOAD:
-                        figures.echoed += 1
-                    else:
-                        figures.failed += 1
-                elif chunk is not None:
-                    figures.failed += 1
-                sel.unregister(sock)
-                del got[sock]
-        figures.failed += len(got)
-        sel.close()
+                self._read(ready)
+
+    def _read(self, sock: socket.socket) -> None:
+        f = self.figures
+        try:
+            chunk = sock.recv(len(PROBE_PAYLOAD))
+        except BlockingIOError:
+            return
+        except OSError:
+            f.reset += 1
+            self._forget(sock)
+            return
+        if chunk:
+            self.got[sock] += chunk
+            if len(self.got[sock]) < len(PROBE_PAYLOAD):
+                return
+            if self.got[sock] == PROBE_PAYLOAD:
+                f.echoed += 1
+            else:
+                f.failed += 1
+        else:
+            f.failed += 1  # closed without the echo
+        self._forget(sock)
+
+    def _forget(self, sock: socket.socket) -> None:
+        self.sel.unregister(sock)
+        del self.got[sock]
+        sock.close()
+
+    def outcome(self, figures: QueueFigures, deadline: float) -> None:
+        """Wait until `deadline` for the rest to be served; the figures into `figures`."""
+        while self.got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.close()
+        f = self.figures
+        figures.echoed, figures.reset, figures.failed = f.echoed, f.reset, f.failed
 
     def close(self) -> None:
-        for sock in self.socks:
-            sock.close()
+        self._stop.set()
+        self._thread.join(2)
+        for sock in list(self.got):
+            self.figures.failed += 1
+            self._forget(sock)
+        self.sel.close()
 
 
 def echo_once(family: int, sockaddr: tuple[Any, ...], timeout: float) -> bool:
