@@ -341,9 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     command: str = args.command
     if command == "serve":
-        from echolab import server
+        from echolab import boot
 
-        return server.run(args)
+        return boot.run(args)
     if command == "probe":
         from echolab import probe
 
