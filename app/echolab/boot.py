@@ -135,15 +135,12 @@ def run(args: Namespace) -> int:
                 args.host, args.port, args.backlog, not args.no_reuseaddr, args.idle_timeout
             )
         ]
+    same = ("max_children", "idle_timeout", "grace", "log_level", "log_format")
     options = Options(
         [sock.detach() for sock in listeners],
-        max_children=args.max_children,
-        idle_timeout=args.idle_timeout,
-        grace=args.grace,
-        log_level=args.log_level,
-        log_format=args.log_format,
         inherited=inherited,
         origin=origin,
+        **{name: getattr(args, name) for name in same},
     )
     argv = lean_argv(options) if sys.executable else None
     if argv:

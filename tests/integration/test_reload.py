@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from echolab.proctree import children_of, kill_tree, process_state
+from tests.integration.test_server import EXIT_LINE, read_until_eof
 from tests.support import (
     ROOT,
     ServerProc,
@@ -28,8 +29,6 @@ from tests.support import (
     start_server,
     wait_until,
 )
-
-EXIT_LINE = re.compile(r"child (\d+) (\S+): (.+) after ([\d.]+) s, (\d+|\?) bytes echoed")
 
 
 def exit_lines(log: str) -> dict[int, re.Match[str]]:
@@ -54,14 +53,6 @@ def reload(srv: ServerProc, generation: int, timeout: float = 30.0) -> re.Match[
         timeout,
         start,
     )
-
-
-def read_until_eof(sock: socket.socket, timeout: float = 10.0) -> bytes:
-    sock.settimeout(timeout)
-    got = bytearray()
-    while chunk := sock.recv(1 << 20):
-        got += chunk
-    return bytes(got)
 
 
 class Stream(threading.Thread):
@@ -250,37 +241,6 @@ def test_the_reload_line_in_json() -> None:
     (entry,) = [e for e in map(json.loads, srv.lines) if e.get("event") == "reload"]
     assert (entry["generation"], entry["adopted"], entry["pid"]) == (2, 1, srv.pid)
     assert entry["msg"].startswith("reloaded: generation 2, 1 children adopted, echolab ")
-
-
-def test_a_reload_keeps_a_listener_inherited_from_systemd() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(16)
-        port = sock.getsockname()[1]
-        launcher = (
-            "import os, sys; os.dup2(int(sys.argv[1]), 3); "
-            "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1'); "
-            "os.execv(sys.executable, [sys.executable, '-m', 'echolab', 'serve'])"
-        )
-        proc = subprocess.Popen(
-            [sys.executable, "-c", launcher, str(sock.fileno())],
-            pass_fds=(sock.fileno(),),
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-    srv = ServerProc(proc)
-    srv._reader = threading.Thread(target=_pump, args=(srv,), daemon=True)
-    srv._reader.start()
-    try:
-        srv.wait_for_line("inherited from systemd")
-        reload(srv, 2)
-        srv.wait_for_line("inherited from systemd", start=2)
-        with connect(port) as c:
-            assert echo_once(c, b"activated") == b"activated"
-        assert srv.stop() == 0
-    finally:
-        kill_tree(proc.pid)
 
 
 # --- a reload that cannot happen -----------------------------------------------------------

@@ -649,7 +649,7 @@ def test_dual_stack_server() -> None:
     assert f"listening on [::]:{srv.port}" in srv.log
 
 
-def test_socket_activation_serves_on_the_inherited_listener() -> None:
+def test_socket_activation_serves_on_the_inherited_listener_and_keeps_it_across_a_reload() -> None:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
@@ -674,6 +674,14 @@ def test_socket_activation_serves_on_the_inherited_listener() -> None:
         assert f"listening on 127.0.0.1:{port} (inherited from systemd" in line
         with connect(port) as c:
             assert echo_once(c, b"activated") == b"activated"
+            proc.send_signal(signal.SIGHUP)
+            while "reloaded: generation 2" not in line:
+                line = proc.stderr.readline()
+            line = proc.stderr.readline()
+            assert f"listening on 127.0.0.1:{port} (inherited from systemd" in line
+            assert echo_once(c, b"adopted") == b"adopted"
+        with connect(port) as c:
+            assert echo_once(c, b"reloaded") == b"reloaded"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:
