@@ -70,7 +70,11 @@ def serve_child(fd: int, report_w: int, splice_all: bool) -> int:
     _signal.signal(_SIGTERM, _raise_shutdown)
     # Keep stdio, the connection and the report pipe; close everything else of the
     # parent's: the listeners (only the parent holds them), epoll, the wakeup pipe.
-    low, high = (fd, report_w) if fd < report_w else (report_w, fd)
+    low = high = report_w  # (no tuple: nothing allocated before the first splice)
+    if fd < low:
+        low = fd
+    else:
+        high = fd
     os.closerange(3, low)
     os.closerange(low + 1, high)
     os.closerange(high + 1, _MAXFD)
