@@ -60,6 +60,7 @@ def integer(low: int, high: int, what: str = "") -> Callable[[str], int]:
 port_number = integer(0, 65535, "port")  # serve, restart-check: 0 asks the kernel for one
 target_port = integer(1, 65535, "port")  # where a server listens: 0 never does
 positive_int = integer(1, MAX_BACKLOG)
+non_negative_int = integer(0, MAX_SEED)
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -258,6 +259,17 @@ class CommandParser(argparse.ArgumentParser):
         if action.choices is not None and value not in action.choices:
             self.error(f"{var}={raw!r}: expected one of {', '.join(map(str, action.choices))}")
         return value
+
+
+class _EnvDefaults:
+    """The older way to add options, `_EnvDefaults(p).add(...)` or `_EnvDefaults(p, group)`:
+    kept so that option lists written against it take the one validation path too."""
+
+    def __init__(self, parser: CommandParser, target: Any = None) -> None:
+        self.parser, self.group = parser, target
+
+    def add(self, *flags: str, **kw: Any) -> argparse.Action:
+        return self.parser.option(*flags, group=self.group, **kw)
 
 
 class _Auto(str):

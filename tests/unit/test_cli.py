@@ -257,3 +257,16 @@ def test_json_destination_is_checked_before_the_run(tmp_path: Path) -> None:
         with pytest.raises(EcholabError) as exc:
             check_writable(bad)
         assert exc.value.code == 2
+
+
+def test_the_older_option_api_takes_the_same_path(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = cli.CommandParser(prog="echolab demo")
+    cli._EnvDefaults(p).add("--interval", type=cli.timeout, default=1.0, help="how often")
+    assert p.parse_args([]).interval == 1.0
+    monkeypatch.setenv("ECHOLAB_INTERVAL", "0")
+    with pytest.raises(SystemExit) as exc:
+        p.parse_args([])
+    assert exc.value.code == 2
+    assert "echolab demo: error: ECHOLAB_INTERVAL='0'" in capsys.readouterr().err
