@@ -45,6 +45,7 @@ RETRY_PAUSE = 0.1  # s without accepting after fork() or accept() ran out of a r
 KILL_AFTER = 1.0  # s between SIGTERM to the remaining children and SIGKILL to stragglers
 REAP_LIMIT = 5.0  # s to wait for SIGKILLed children before giving up on them
 LONGEST_WAIT = 3600.0  # s in one epoll wait; longer waits loop (epoll_wait takes int ms)
+MFD_NOEXEC_SEAL = 0x0008  # memfd_create(2) flag, Linux 6.3 (the os module has no name for it)
 CHECK_LIMIT = 60.0  # s the installed code may take to show it starts, before a reload
 # (Python starts in 0.05 s natively, 0.5-3 s under emulation)
 
@@ -592,8 +593,17 @@ class ForkingEchoServer:
             return
         self.reap_children()
         lin = self.lineage
-        state_fd = os.memfd_create("echolab-lineage", 0)
-        os.set_inheritable(state_fd, True)  # for the check run and the new image
+        try:
+            state_fd = state_file()
+        except OSError as exc:
+            log.error(
+                "%s: reload failed, still serving generation %d: no anonymous file for the "
+                "state (memfd_create: %s)",
+                name,
+                lin.generation,
+                exc.strerror,
+            )
+            return
         try:
             # A check run of the installed code, reading these very options and state: an
             # image that cannot start must not replace this one (execve() cannot be undone).
@@ -819,6 +829,22 @@ def read_until_eof(fd: int, seconds: float) -> tuple[bytes, bool]:
             if not chunk:
                 return b"".join(chunks), True
             chunks.append(chunk)
+
+
+def state_file() -> int:
+    """An anonymous file (memfd) for a reload's state, inheritable across execve().
+
+    Sealed against execution where the kernel knows how (MFD_NOEXEC_SEAL, Linux 6.3; hosts
+    with vm.memfd_noexec=2 refuse any other memfd), plain before that.
+    """
+    try:
+        fd = os.memfd_create("echolab-lineage", MFD_NOEXEC_SEAL)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        fd = os.memfd_create("echolab-lineage", 0)
+    os.set_inheritable(fd, True)  # for the check run and the new image
+    return fd
 
 
 def timeval(seconds: float) -> bytes:
