@@ -332,7 +332,7 @@ signals (to the server's PID; the same in a container as PID 1):
   SIGUSR1          log one status line (children, accepted, uptime, generation)
   SIGCHLD          reap exited children
   SIGTTIN, SIGTTOU ignored
-  SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT  default action (a crash)
+  SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGSYS  default action (a crash, as for a real fault)
   any other        ignored, with a log line
 
 exit status: 0 stopped by a signal; 2 usage; 4 permission denied; 5 other OS error at

@@ -14,8 +14,9 @@ Signal handlers only record the signal; the loop acts on it (dispatch_signals):
     SIGUSR1           log one status line
     SIGCHLD           reap (a WNOHANG loop; orphans too, as PID 1)
     SIGTTIN, SIGTTOU  ignored by the kernel (a handler would make a background log write loop)
-    crash signals     SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT keep their
-                      default (a faulting instruction cannot be resumed: a handler would spin)
+    fault signals     SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGSYS keep their default, a crash: the
+                      kernel sends them for an instruction that cannot go on (a handler would
+                      re-run it forever) or a system call the sandbox refused
     every other one   ignored, with a log line
 
 The child's side of a connection is echolab.session; how `echolab serve` becomes this lean
@@ -82,9 +83,8 @@ _DEFAULT = (
     _signal.SIGBUS,
     _signal.SIGFPE,
     _signal.SIGILL,
-    _signal.SIGTRAP,
     _signal.SIGSYS,
-    _signal.SIGABRT,
+    # not SIGABRT: abort() dies after the handler anyway; not SIGTRAP: a trap resumes
 )
 _HANDLED = tuple(sorted(set(_signal.valid_signals()) - set(_DEFAULT) - set(_KERNEL_IGNORED)))
 

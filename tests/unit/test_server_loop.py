@@ -192,6 +192,7 @@ def test_every_catchable_signal_has_a_meaning() -> None:
     assert catchable <= meant
     assert set(srv._ACTIONS) <= set(srv._HANDLED)
     assert not set(srv._HANDLED) & {signal.SIGSEGV, signal.SIGTTOU, signal.SIGKILL}
+    assert {signal.SIGABRT, signal.SIGTRAP, signal.SIGUSR2} <= set(srv._HANDLED) - set(srv._ACTIONS)
 
 
 def test_reaping_comes_first_and_the_reload_last(make_server, monkeypatch) -> None:  # type: ignore[no-untyped-def]
