@@ -126,7 +126,7 @@ def parse_hostport(text: str) -> tuple[str, int]:
     """Parse HOST:PORT, [V6]:PORT or V6-literal:PORT into (host, port), port 1 to 65535."""
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
+        if not sep or not host or not rest.startswith(":"):
             raise argparse.ArgumentTypeError(f"expected [HOST]:PORT, got {text!r}")
         port_text = rest[1:]
     else:

@@ -71,7 +71,7 @@ def test_hostport(text: str, expected: tuple[str, int]) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["7007", ":7007", "host:", "host:70000", "host:0", "[::1]7007", "h:x", "a..b:1",
+    ["7007", ":7007", "[]:7007", "host:", "host:70000", "host:0", "[::1]7007", "h:x", "a..b:1",
      "x" * 64 + ".example:1", "a\x00b:1", "\udcff:1", "x" * 254 + ":1"],
 )  # fmt: skip
 def test_hostport_rejects(text: str) -> None:
