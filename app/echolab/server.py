@@ -597,10 +597,9 @@ class ForkingEchoServer:
             state_fd = state_file()
         except OSError as exc:
             log.error(
-                "%s: reload failed, still serving generation %d: no anonymous file for the "
+                "%s: reload failed, the running code serves on: no anonymous file for the "
                 "state (memfd_create: %s)",
                 name,
-                lin.generation,
                 exc.strerror,
             )
             return
@@ -611,17 +610,15 @@ class ForkingEchoServer:
             failure = self.check_new_code(state_fd)
             if failure:
                 log.error(
-                    "%s: reload failed, still serving generation %d: the installed code does "
-                    "not start: %s",
+                    "%s: reload failed, the running code serves on: the installed code does not "
+                    "start: %s",
                     name,
-                    lin.generation,
                     failure,
                 )
                 return
             log.info(
-                "%s: reloading in place: generation %d takes over %d children",
+                "%s: reloading in place: the installed code takes over %d children",
                 name,
-                lin.generation + 1,
                 len(self.children),
             )
             self.exec_in_place(state_fd)  # returns only when execve() failed
@@ -691,8 +688,7 @@ class ForkingEchoServer:
         lin.signals = []
         _signal.pthread_sigmask(_signal.SIG_UNBLOCK, _HANDLED)
         log.error(
-            "SIGHUP: reload failed, still serving generation %d: cannot execute %s: %s",
-            lin.generation,
+            "SIGHUP: reload failed, the running code serves on: cannot execute %s: %s",
             argv[0],
             error,
         )

@@ -46,6 +46,7 @@ def fd_table(pid: int) -> dict[int, str]:
 
 
 def reload(srv: ServerProc, generation: int, timeout: float = 30.0) -> re.Match[str]:
+    """SIGHUP, and the reload line of `generation` from the same PID."""
     start = len(srv.lines)
     srv.proc.send_signal(signal.SIGHUP)
     return srv.wait_for_line(
@@ -282,7 +283,10 @@ def test_a_broken_install_is_refused_in_one_line_and_a_fixed_one_is_run(installe
         start = len(srv.lines)
         srv.proc.send_signal(signal.SIGHUP)
         m = srv.wait_for_line("reload failed", start=start)
-        assert "still serving generation 1: the installed code does not start: " in m.string
+        assert (
+            "reload failed, the running code serves on: the installed code does not start: "
+            in m.string
+        )
         assert "SyntaxError" in m.string
         time.sleep(0.3)
         assert len(srv.lines) == start + 1, srv.lines[start:]  # one line, nothing else

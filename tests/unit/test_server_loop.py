@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import sys
 import time
@@ -99,6 +100,13 @@ def fake_forks(monkeypatch: pytest.MonkeyPatch, results: list[int | OSError]) ->
 
 
 EAGAIN = OSError(errno.EAGAIN, "Resource temporarily unavailable")
+# How an observer (restart-check --strategy reload) recognises a reload: a line with "reload"
+# and a generation number. Only the new image's line after a reload may match.
+GENERATION = re.compile(r"generation\D{0,3}(\d+)", re.IGNORECASE)
+
+
+def claims_a_generation(line: str) -> bool:
+    return "reload" in line.lower() and GENERATION.search(line) is not None
 
 
 # --- signal dispatch -----------------------------------------------------------------------
@@ -436,7 +444,8 @@ def test_a_failed_execve_leaves_the_server_as_it_was(make_server, logged, monkey
     assert server.lineage.generation == 1 and server._signals == [signal.SIGUSR1]
     assert server._accepting and not server._stopping
     assert "cannot execute /nonexistent/python: No such file or directory" in logged()[-1]
-    assert "reload failed, still serving generation 1" in logged()[-1]
+    assert "reload failed, the running code serves on" in logged()[-1]
+    assert not any(map(claims_a_generation, logged())), logged()
 
 
 def test_a_failed_check_means_no_execve(make_server, logged, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -445,8 +454,9 @@ def test_a_failed_check_means_no_execve(make_server, logged, monkeypatch) -> Non
     monkeypatch.setattr(server, "check_new_code", lambda fd: "SyntaxError: invalid syntax")
     server.handle_reload("SIGHUP")
     (line,) = logged()
+    assert not claims_a_generation(line)
     assert line.endswith(
-        "SIGHUP: reload failed, still serving generation 1: the installed code does not "
+        "SIGHUP: reload failed, the running code serves on: the installed code does not "
         "start: SyntaxError: invalid syntax"
     )
 
