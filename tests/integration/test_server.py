@@ -1,4 +1,4 @@
-"""`echolab serve` on real loopback sockets, as real processes: the behaviour issue 2 lists."""
+"""`echolab serve` on real loopback sockets, as real processes: what README says it does."""
 
 from __future__ import annotations
 
