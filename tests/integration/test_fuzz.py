@@ -28,6 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from echolab import cli
 from echolab.proctree import children_of, group_members, kill_tree
 from echolab.ready import READY_PREFIX
 from tests.support import ROOT, running_server
@@ -88,9 +89,10 @@ text = st.text(st.characters(blacklist_characters="\x00"), max_size=12)  # argv 
 junk = st.sampled_from(["", " ", "-", "0x10", "١٢", "NaN", "inf", "-inf", "1e400", "+"]) | text
 
 
-def ints(low: int, high: int) -> Values:
-    """Integers from low to high (valid, kept small) or out of any range, or junk."""
-    huge = st.integers(2**31 - 2, 2**70) | st.integers(max_value=low - 1)
+def ints(low: int, high: int, limit: int) -> Values:
+    """Integers from low to high (valid, kept small), or outside low..limit, the option's real
+    bounds (a huge valid count would make a long run), or junk."""
+    huge = st.integers(limit + 1, limit + 2**70) | st.integers(max_value=low - 1)
     return st.integers(low, high).map(str), huge.map(str) | junk
 
 
@@ -121,7 +123,7 @@ def join(host: str, port: str) -> str:
 def targets(world: World) -> Values:
     ports = st.sampled_from([*[world.port] * 4, world.closed_port]).map(str)
     valid = st.builds(join, good_hosts, ports)
-    invalid = st.builds(join, bad_hosts, ports) | st.builds(join, good_hosts, ints(1, 1)[1])
+    invalid = st.builds(join, bad_hosts, ports) | st.builds(join, good_hosts, ints(1, 1, 65535)[1])
     return valid, invalid | junk
 
 
@@ -239,9 +241,9 @@ def settle_leftovers(world: World, pid: int) -> list[int]:
 SERVE: dict[str, Values] = {
     "--host": (good_hosts | st.just(""), bad_hosts),
     "--port": (st.just("0"), st.sampled_from(["65536", "-1", "99999999999", "http"]) | junk),
-    "--backlog": ints(1, 256),
+    "--backlog": ints(1, 256, cli.MAX_BACKLOG),
     "--no-reuseaddr": SWITCH,
-    "--max-children": ints(1, 64),
+    "--max-children": ints(1, 64, cli.MAX_CHILDREN),
     "--idle-timeout": seconds(0, 5),
     "--grace": seconds(0, 5),
     "--log-level": choice("debug", "info", "warning", "error"),
@@ -268,7 +270,7 @@ def test_probe_ends_well_whatever_its_input(world: World, data: st.DataObject) -
             {
                 "--target": targets(world),
                 "--timeout": seconds(0.001, 2),
-                "--payload": ints(1, 100_000),
+                "--payload": ints(1, 100_000, cli.MAX_PAYLOAD),
                 "--quiet": SWITCH,
             }
         )
@@ -287,11 +289,14 @@ def test_load_ends_well_whatever_its_input(world: World, data: st.DataObject) ->
             {
                 "--target": targets(world),
                 "--mode": choice("rate", "stream", "hold"),
-                "--clients": ints(1, 4),
-                "--connections": ints(1, 50),
+                "--clients": ints(1, 4, cli.MAX_CLIENTS),
+                "--connections": ints(1, 50, cli.MAX_CONNECTIONS),
                 "--duration": seconds(0.01, 0.3),
-                "--payload": ints(1, 65536),
-                "--workers": (st.sampled_from(["1", "2", "auto", "AUTO"]), ints(1, 1)[1]),
+                "--payload": ints(1, 65536, cli.MAX_PAYLOAD),
+                "--workers": (
+                    st.sampled_from(["1", "2", "auto", "AUTO"]),
+                    ints(1, 1, cli.MAX_WORKERS)[1],
+                ),
                 "--json": json_paths(world),
                 "--no-progress": SWITCH,
                 "--seed": (st.integers(0, 2**64 - 1).map(str), st.just("-1") | junk),
@@ -314,7 +319,7 @@ def test_restart_check_ends_well_whatever_its_input(world: World, data: st.DataO
     table = {
         "--host": HOSTS,
         "--port": (st.just("0"), st.sampled_from(["65536", "-1", "x"])),
-        "--clients": ints(1, 3),
+        "--clients": ints(1, 3, cli.MAX_CLIENTS),
         "--no-reuseaddr": SWITCH,
         "--close-first": choice("server", "client"),
         "--timeout": seconds(1, 3),
@@ -333,7 +338,7 @@ def test_restart_check_ends_well_whatever_its_input(world: World, data: st.DataO
 @given(data=st.data())
 @fuzz_settings(20)
 def test_sockets_ends_well_whatever_its_input(world: World, data: st.DataObject) -> None:
-    chosen = data.draw(options({"--port": ints(1, 65535), "--json": json_paths(world)}))
+    chosen = data.draw(options({"--port": ints(1, 65535, 65535), "--json": json_paths(world)}))
     argv, env = command_line("sockets", chosen)
     if not any(k.endswith(":--port") for k in chosen):
         argv += ["--port", str(world.port)]
