@@ -291,7 +291,7 @@ def test_load_ends_well_whatever_its_input(world: World, data: st.DataObject) ->
                 "--mode": choice("rate", "stream", "hold"),
                 "--clients": ints(1, 4, cli.MAX_CLIENTS),
                 "--connections": ints(1, 50, cli.MAX_CONNECTIONS),
-                "--duration": seconds(0.01, 0.3),
+                "--duration": seconds(0.01, 0.2),
                 "--payload": ints(1, 65536, cli.MAX_PAYLOAD),
                 "--workers": (
                     st.sampled_from(["1", "2", "auto", "AUTO"]),
