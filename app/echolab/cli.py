@@ -1,7 +1,12 @@
 """The command line: one subcommand per use, each option also read from ECHOLAB_<OPTION>.
 
+One validation path: every option has bounds, checked by the same function for a flag and for
+its variable, so a bad value is a usage error (exit 2, one line naming the subcommand) either
+way. A subcommand reads only its own variables, and only where its flags leave a value unset
+(a flag wins over its variable). `--json` destinations are checked before the run.
+
 Imports stay inside the subcommands: `serve` forks once per client, and every module the
-parent has loaded is paid again on every fork (shared/DESIGN.md: 0.53 ms vs 1.7 ms).
+parent has loaded is paid again on every fork (see echolab.boot).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import os
 import sys
 
 from echolab import __version__
-from echolab.errors import EcholabError
+from echolab.errors import EXIT_USAGE, EcholabError
 
 TYPE_CHECKING = False  # `typing` is not imported at run time: `serve` forks, keep it lean
 if TYPE_CHECKING:
@@ -21,61 +26,48 @@ if TYPE_CHECKING:
 
 ENV_PREFIX = "ECHOLAB_"
 
-
-def parse_hostport(text: str) -> tuple[str, int]:
-    """Parse HOST:PORT, [V6]:PORT or V6-literal:PORT into (host, port)."""
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise argparse.ArgumentTypeError(f"expected [HOST]:PORT, got {text!r}")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep or not host:
-            raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host, port_number(port_text)
-
-
-def port_number(text: str) -> int:
-    """A TCP port, 0 to 65535 (0 asks the kernel for a free one)."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range 0-65535: {port}")
-    return port
+# Bounds, each with its reason (README, "Options and their bounds", lists them).
+MAX_SECONDS = 2_147_483.0  # 2**31-1 ms (24.8 days): the longest timeout epoll_wait(2) and
+# poll(2) take; SO_RCVTIMEO, select() and socket timeouts take longer ones
+MIN_SECONDS = 0.001  # a duration that is not 0: epoll and poll count milliseconds
+MAX_BACKLOG = 2**31 - 1  # listen(2) takes an int (the kernel caps it at net.core.somaxconn)
+MAX_CHILDREN = 4_194_304  # PID_MAX_LIMIT: a 64-bit kernel never holds more processes
+MAX_CLIENTS = 65_535  # each connection to the one target needs a local port of its own
+MAX_PAYLOAD = 1 << 30  # payloads are held in memory (probe: twice; load: once per worker)
+MAX_WORKERS = 1024  # worker processes, a Python interpreter each; more than CPUs only share
+MAX_CONNECTIONS = 10**12  # over 11 days at a million connections per second
+MAX_SEED = 2**64 - 1  # a 64-bit seed, as the JSON records it
+MAX_HOST = 253  # characters in a DNS name (RFC 1035), labels of at most 63 (IDNA checks)
 
 
-def positive_int(text: str) -> int:
-    """An integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return value
+def integer(low: int, high: int, what: str = "") -> Callable[[str], int]:
+    """A parser for an integer from `low` to `high` (`what` names it in errors)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{what or 'value'} out of range {low}-{high}: {value}"
+            )
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """An integer of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
-    return value
+port_number = integer(0, 65535, "port")  # serve, restart-check: 0 asks the kernel for one
+target_port = integer(1, 65535, "port")  # where a server listens: 0 never does
+positive_int = integer(1, MAX_BACKLOG)
+non_negative_int = integer(0, MAX_SEED)
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def duration(text: str) -> float:
-    """Seconds from '10', '2.5', '10s', '500ms', '2m' or '1h'; never negative."""
+def _seconds(text: str) -> float:
     raw = text.strip().lower()
-    for unit in ("ms", "s", "m", "h"):
+    for unit in ("ms", "s", "m", "h", "d"):
         if raw.endswith(unit):
             number, scale = raw[: -len(unit)], _UNITS[unit]
             break
@@ -85,9 +77,63 @@ def duration(text: str) -> float:
         value = float(number) * scale
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 10s, 500ms, 2m)") from None
-    if value < 0 or math.isnan(value) or math.isinf(value):
+    if math.isnan(value) or value < 0:
         raise argparse.ArgumentTypeError(f"not a valid duration: {text!r}")
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is too long: at most {MAX_SECONDS:.0f} s (24.8 days, the longest "
+            "wait epoll takes)"
+        )
     return value
+
+
+def duration(text: str) -> float:
+    """Seconds from '10', '2.5', '10s', '500ms', '2m', '1h' or '1d': 0, or 1 ms to 24.8 days."""
+    value = _seconds(text)
+    if 0 < value < MIN_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is too short: 0, or at least 1 ms")
+    return value
+
+
+def timeout(text: str) -> float:
+    """A duration that cannot be 0: 1 ms to 24.8 days."""
+    value = _seconds(text)
+    if value < MIN_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is too short: at least 1 ms")
+    return value
+
+
+def host_name(text: str) -> str:
+    """A host name or address that can be resolved: IDNA-encodable, labels of at most 63
+    characters, no NUL. The empty name (serve: every address) passes."""
+    if "\x00" in text:
+        raise argparse.ArgumentTypeError(f"a host name cannot hold a NUL byte: {text!r}")
+    if len(text) > MAX_HOST:
+        raise argparse.ArgumentTypeError(
+            f"host name longer than {MAX_HOST} characters: {text[:40]!r}..."
+        )
+    try:
+        text.encode("idna")  # what socket.getaddrinfo() does with a name
+    except UnicodeError as exc:
+        reason = str(exc.__cause__ or exc).removeprefix("UnicodeError: ")
+        raise argparse.ArgumentTypeError(
+            f"cannot encode {text!r} as a host name: {reason}"
+        ) from None
+    return text
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """Parse HOST:PORT, [V6]:PORT or V6-literal:PORT into (host, port), port 1 to 65535."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not host or not rest.startswith(":"):
+            raise argparse.ArgumentTypeError(f"expected [HOST]:PORT, got {text!r}")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host_name(host), target_port(port_text)
 
 
 def error_rate(text: str) -> float:
@@ -102,166 +148,255 @@ def error_rate(text: str) -> float:
 
 
 def workers(text: str) -> int:
-    """'auto' (the CPU count) or a positive integer."""
-    if text == "auto":
+    """'auto' (the CPU count) or 1 to MAX_WORKERS."""
+    if text.strip().lower() == "auto":
         return len(os.sched_getaffinity(0)) or 1
-    return positive_int(text)
+    return integer(1, MAX_WORKERS, "workers")(text)
+
+
+def one_of(*names: str) -> Callable[[str], str]:
+    """A parser for one of `names`, in any case (`INFO` is `info`)."""
+
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in names:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(names)}: {text!r}")
+        return value
+
+    return parse
 
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-class _EnvDefaults:
-    """Collects ECHOLAB_<OPTION> defaults and reports a bad one as a usage error."""
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
 
-    def __init__(self, parser: argparse.ArgumentParser, target: Any = None) -> None:
-        self.parser = parser
-        self.target = parser if target is None else target
 
-    def add(self, *flags: str, type: Callable[[str], Any] | None = None, **kw: Any) -> None:
-        dest = kw.get("dest") or flags[0].lstrip("-").replace("-", "_")
-        var = ENV_PREFIX + dest.upper()
-        action = kw.get("action")
-        raw = os.environ.get(var)
-        if raw is not None:
-            if action == "store_true":
-                if raw.strip().lower() not in _TRUE | _FALSE:
-                    self.parser.error(f"{var}={raw!r}: expected true or false")
-                kw["default"] = raw.strip().lower() in _TRUE
+_UNSET = _Unset()
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A parser whose errors are one line naming the program, and whose options fill in
+    from ECHOLAB_<OPTION> where the flags left them unset, through the same validation."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._env: dict[argparse.Action, str] = {}  # option -> its variable
+        self._env_required: set[argparse.Action] = set()
+
+    def error(self, message: str) -> Any:  # NoReturn, as argparse declares it
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+    def option(
+        self, *flags: str, group: Any = None, required: bool = False, **kw: Any
+    ) -> argparse.Action:
+        """Add an option read from the command line or from ECHOLAB_<DEST>."""
+        action = (group or self).add_argument(*flags, **kw)
+        var = ENV_PREFIX + action.dest.upper()
+        self._env[action] = var
+        if required:
+            self._env_required.add(action)
+        shown = kw.get("default")
+        text = action.help or ""
+        if shown not in (None, False):
+            text += f" (default: {getattr(shown, 'label', shown)})"
+        action.help = f"{text}; env {var}".lstrip("; ")
+        return action
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        defaults = {action: action.default for action in self._env}
+        for action in self._env_required:
+            action.required = self._env[action] not in os.environ
+        for action in self._env:
+            action.default = _UNSET
+        try:
+            ns, rest = super().parse_known_args(args, namespace)
+        finally:
+            for action, default in defaults.items():
+                action.default = default
+        self._fill_from_environment(ns, defaults)
+        return ns, rest
+
+    def _fill_from_environment(
+        self, ns: argparse.Namespace, defaults: dict[argparse.Action, Any]
+    ) -> None:
+        """Values the flags left unset: from the variable when set, else the default."""
+        flagged = {a for a in self._env if getattr(ns, a.dest, None) is not _UNSET}
+        for group in self._mutually_exclusive_groups:
+            members = [a for a in group._group_actions if a in self._env]
+            from_env = [self._env[a] for a in members if self._env[a] in os.environ]
+            if any(a in flagged for a in members):
+                flagged.update(members)  # a flag of the group wins over every variable in it
+            elif len(from_env) > 1:
+                self.error(f"{' and '.join(from_env)} exclude each other: set one")
+        for action in self._env:
+            if getattr(ns, action.dest, None) is not _UNSET:
+                continue
+            raw = os.environ.get(self._env[action]) if action not in flagged else None
+            if raw is None:
+                value = defaults[action]
+                if isinstance(value, str) and action.type is not None:
+                    value = action.type(value)  # type: ignore[operator]
             else:
-                try:
-                    kw["default"] = type(raw) if type is not None else raw
-                except argparse.ArgumentTypeError as exc:
-                    self.parser.error(f"{var}={raw!r}: {exc}")
-        if action is None and type is not None:
-            kw["type"] = type
-        help_text = kw.get("help", "")
-        if "default" in kw and kw["default"] not in (None, False) and "%(default)" not in help_text:
-            help_text += " (default: %(default)s)"
-        kw["help"] = f"{help_text}; env {var}".lstrip("; ")
-        self.target.add_argument(*flags, **kw)
+                value = self._from_environment(action, raw)
+            setattr(ns, action.dest, value)
+
+    def _from_environment(self, action: argparse.Action, raw: str) -> Any:
+        var = self._env[action]
+        if isinstance(action, argparse._StoreTrueAction):
+            if raw.strip().lower() not in _TRUE | _FALSE:
+                self.error(f"{var}={raw!r}: expected true or false")
+            return raw.strip().lower() in _TRUE
+        try:
+            value = action.type(raw) if action.type is not None else raw  # type: ignore[operator]
+        except argparse.ArgumentTypeError as exc:
+            self.error(f"{var}={raw!r}: {exc}")
+        if action.choices is not None and value not in action.choices:
+            self.error(f"{var}={raw!r}: expected one of {', '.join(map(str, action.choices))}")
+        return value
+
+
+class _EnvDefaults:
+    """The older way to add options, `_EnvDefaults(p).add(...)` or `_EnvDefaults(p, group)`:
+    kept so that option lists written against it take the one validation path too."""
+
+    def __init__(self, parser: CommandParser, target: Any = None) -> None:
+        self.parser, self.group = parser, target
+
+    def add(self, *flags: str, **kw: Any) -> argparse.Action:
+        return self.parser.option(*flags, group=self.group, **kw)
+
+
+class _Auto(str):
+    label = "auto: the CPU count"
 
 
 def _add_serve(sub: Any) -> None:
-    p = sub.add_parser(
+    p: CommandParser = sub.add_parser(
         "serve",
         help="run the forking echo server",
-        description="The forking echo server: the parent listens and accepts, a child per client.",
+        description=SERVE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    e = _EnvDefaults(p)
-    e.add("--host", default="0.0.0.0", help="address to listen on; '::' listens dual-stack")
-    e.add("--port", type=port_number, default=7007, help="TCP port; 0 picks a free one")
-    e.add("--backlog", type=positive_int, default=128, help="listen() backlog")
-    e.add(
+    p.option("--host", type=host_name, default="0.0.0.0", help="address to listen on; '::' "
+             "listens dual-stack")  # fmt: skip
+    p.option("--port", type=port_number, default=7007, help="TCP port, 0-65535; 0 picks a free one")
+    p.option("--backlog", type=positive_int, default=128, help="listen() backlog")
+    p.option(
         "--no-reuseaddr",
         action="store_true",
         default=False,
         help="leave SO_REUSEADDR off (the lab's negative control)",
     )
-    e.add(
+    p.option(
         "--reuseport",
         action="store_true",
         default=False,
         help="set SO_REUSEPORT: a second server may listen on the port beside this one",
     )
-    e.add(
+    p.option(
         "--max-children",
-        type=positive_int,
+        type=integer(1, MAX_CHILDREN),
         default=512,
         help="stop accepting at this many live children",
     )
-    e.add(
+    p.option(
         "--idle-timeout",
         type=duration,
         default=300.0,
         help="disconnect a client silent this long (0: never)",
     )
-    e.add(
+    p.option(
         "--grace",
         type=duration,
         default=5.0,
         help="on SIGTERM, let sessions finish this long before ending them",
     )
-    e.add(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="log threshold",
-    )
-    e.add("--log-format", default="text", choices=["text", "json"], help="log line format")
+    levels = ("debug", "info", "warning", "error")
+    p.option("--log-level", type=one_of(*levels), default="info", metavar="{" + ",".join(levels)
+             + "}", help="log threshold")  # fmt: skip
+    p.option("--log-format", type=one_of("text", "json"), default="text",
+             metavar="{text,json}", help="log line format")  # fmt: skip
+
+
+SERVE_DESCRIPTION = """\
+The forking echo server: the parent listens and accepts, a child per client.
+
+signals (to the server's PID; the same in a container as PID 1):
+  SIGTERM, SIGINT  stop: close the listeners, let sessions finish for --grace seconds, then
+                   close them from the server's side (FIN), SIGKILL a second later; each
+                   further one ends the current wait at once
+  SIGQUIT          stop now: the same without the grace
+  SIGHUP           reload in place: same PID and listeners, the installed code re-executed
+                   with the same options, live children adopted; if the installed code does
+                   not start, one error line and the old code goes on serving
+  SIGUSR1          log one status line (children, accepted, uptime, generation)
+  SIGCHLD          reap exited children
+  SIGTTIN, SIGTTOU ignored
+  SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGSYS  default action (a crash, as for a real fault)
+  any other        ignored, with a log line
+
+exit status: 0 stopped by a signal; 2 usage; 4 permission denied; 5 other OS error at
+start-up; 6 address in use."""
 
 
 def _add_probe(sub: Any) -> None:
-    p = sub.add_parser(
+    p: CommandParser = sub.add_parser(
         "probe",
         help="one echo round trip; exit 0 when it came back intact",
         description="Connect, send a random payload, read it back, compare. For health checks.",
     )
-    e = _EnvDefaults(p)
-    e.add(
-        "--target",
-        type=parse_hostport,
-        default=parse_hostport("127.0.0.1:7007"),
-        help="server as HOST:PORT",
-    )
-    e.add("--timeout", type=duration, default=2.0, help="give up after this long")
-    e.add("--payload", type=positive_int, default=32, help="bytes to send")
-    e.add("--quiet", "-q", action="store_true", default=False, help="print nothing")
+    p.option("--target", type=parse_hostport, default="127.0.0.1:7007", help="server as HOST:PORT")
+    p.option("--timeout", type=timeout, default=2.0, help="give up after this long")
+    p.option("--payload", type=integer(1, MAX_PAYLOAD), default=32, help="bytes to send")
+    p.option("--quiet", "-q", action="store_true", default=False, help="print nothing")
 
 
 def _add_load(sub: Any) -> None:
-    p = sub.add_parser(
+    p: CommandParser = sub.add_parser(
         "load",
         help="drive a server hard and verify every echoed byte",
         description="Load generator: rate, stream or hold; every byte sent is checked on return.",
     )
-    e = _EnvDefaults(p)
-    e.add(
-        "--target",
-        type=parse_hostport,
-        default=None,
-        required="ECHOLAB_TARGET" not in os.environ,
-        help="server as HOST:PORT",
-    )
-    e.add(
+    p.option("--target", type=parse_hostport, required=True, help="server as HOST:PORT")
+    p.option(
         "--mode",
+        type=one_of("rate", "stream", "hold"),
         default="rate",
-        choices=["rate", "stream", "hold"],
+        metavar="{rate,stream,hold}",
         help="rate: short connections; stream: long two-way streams; hold: idle connections",
     )
-    e.add("--clients", type=positive_int, default=64, help="connections in flight")
+    p.option("--clients", type=integer(1, MAX_CLIENTS), default=64, help="connections in flight")
     group = p.add_mutually_exclusive_group()
-    ge = _EnvDefaults(p, group)
-    ge.add(
+    p.option(
         "--connections",
-        type=positive_int,
-        default=None,
+        group=group,
+        type=integer(1, MAX_CONNECTIONS),
         help="rate mode: stop after this many connections",
     )
-    ge.add("--duration", type=duration, default=None, help="run this long (default 10s)")
-    e.add("--payload", type=positive_int, default=64, help="bytes per connection (rate)")
-    e.add("--workers", type=workers, default="auto", help="worker processes ('auto': CPU count)")
-    e.add(
-        "--json",
-        dest="json_file",
-        default=None,
-        metavar="FILE",
-        help="write the figures as JSON ('-': stdout)",
-    )
-    e.add("--no-progress", action="store_true", default=False, help="no live progress")
-    e.add("--seed", type=non_negative_int, default=None, help="seed for payloads")
-    e.add(
+    p.option("--duration", group=group, type=timeout, help="run this long (default 10s)")
+    p.option("--payload", type=integer(1, MAX_PAYLOAD), default=64,
+             help="bytes per connection (rate)")  # fmt: skip
+    p.option("--workers", type=workers, default=_Auto("auto"), help="worker processes")
+    _json_option(p, "write the figures as JSON ('-': stdout)")
+    p.option("--no-progress", action="store_true", default=False, help="no live progress")
+    p.option("--seed", type=integer(0, MAX_SEED), help="seed for payloads")
+    p.option(
         "--max-error-rate",
         type=error_rate,
         default=0.0,
         help="fail when the error fraction exceeds this",
     )
-    e.add("--timeout", type=duration, default=5.0, help="per-operation timeout")
+    p.option("--timeout", type=timeout, default=5.0, help="per-operation timeout")
 
 
 def _add_restart_check(sub: Any) -> None:
-    p = sub.add_parser(
+    p: CommandParser = sub.add_parser(
         "restart-check",
         help="restart a server under TIME_WAIT and prove whether it rebinds",
         description=(
@@ -269,83 +404,75 @@ def _add_restart_check(sub: Any) -> None:
             "sockets on its port, restart at once and measure the rebind."
         ),
     )
-    e = _EnvDefaults(p)
-    e.add("--host", default="127.0.0.1", help="address of the server")
-    e.add("--port", type=port_number, default=7007, help="the server's port")
-    e.add("--clients", type=positive_int, default=5, help="idle clients connected at the stop")
-    e.add(
+    p.option("--host", type=host_name, default="127.0.0.1", help="address of the server")
+    p.option("--port", type=port_number, default=7007, help="the server's port (0: a free one)")
+    p.option("--clients", type=integer(1, MAX_CLIENTS), default=5,
+             help="idle clients connected at the stop")  # fmt: skip
+    p.option(
         "--no-reuseaddr",
         action="store_true",
         default=False,
         help="restart without SO_REUSEADDR (expected: EADDRINUSE)",
     )
-    e.add(
+    p.option(
         "--close-first",
+        type=one_of("server", "client"),
         default="server",
-        choices=["server", "client"],
+        metavar="{server,client}",
         help="who closes the idle connections: the stopped server (the lesson) or the "
         "clients, before the stop (no server-side TIME_WAIT: the run is invalid, exit 3)",
     )
-    e.add(
+    p.option(
         "--restart-cmd",
-        default=None,
         metavar="CMD",
         help="managed mode: command that restarts a server run by something else",
     )
-    e.add(
-        "--target", type=parse_hostport, default=None, help="managed mode: the server as HOST:PORT"
-    )
-    e.add("--timeout", type=duration, default=10.0, help="how long the restart may take")
-    e.add(
-        "--json",
-        dest="json_file",
-        default=None,
-        metavar="FILE",
-        help="write the result as JSON ('-': stdout)",
-    )
+    p.option("--target", type=parse_hostport, help="managed mode: the server as HOST:PORT")
+    p.option("--timeout", type=timeout, default=10.0, help="how long the restart may take")
+    _json_option(p, "write the result as JSON ('-': stdout)")
     _add_restart_strategies(p)
 
 
-def _add_restart_strategies(p: argparse.ArgumentParser) -> None:
+def _add_restart_strategies(p: CommandParser) -> None:
     """restart-check's strategies, comparison, timeline picture and opt-in latency limit."""
-    e = _EnvDefaults(p)
-    e.add(
+    p.option(
         "--strategy",
+        type=one_of("stop-start", "reuseport", "socket-activation", "reload"),
         default="stop-start",
-        choices=["stop-start", "reuseport", "socket-activation", "reload"],
-        help="how the server is restarted",
+        help="how the server is restarted: stop-start, reuseport, socket-activation or reload",
     )
-    e.add(
+    p.option(
         "--compare",
         action="store_true",
         default=False,
         help="run every strategy available here and print one table",
     )
-    e.add(
+    p.option(
         "--queued",
-        type=non_negative_int,
+        type=integer(0, MAX_CLIENTS, "queued clients"),
         default=4,
         help="clients left waiting in the old server's accept queue (local servers: the old "
         "one is filled to its child cap by the held clients)",
     )
-    e.add(
+    p.option(
         "--migrate-req",
+        type=one_of("on", "off"),
         default=None,
-        choices=["on", "off"],
-        help="reuseport: set net.ipv4.tcp_migrate_req in a network namespace of our own (root)",
+        help="reuseport: set net.ipv4.tcp_migrate_req (on or off) in a network namespace of "
+        "our own (root)",
     )
-    e.add(
+    p.option(
         "--rebind-limit",
-        type=duration,
+        type=timeout,
         default=None,
         help="fail a stop-start that binds later than this after the old server is gone "
         "(off: times are reported, never judged)",
     )
-    e.add("--plot", default=None, metavar="FILE", help="draw the timeline (.svg, .png, .pdf)")
+    p.option("--plot", default=None, metavar="FILE", help="draw the timeline (.svg, .png, .pdf)")
 
 
 def _add_hold(sub: Any) -> None:
-    p = sub.add_parser(
+    p: CommandParser = sub.add_parser(
         "hold",
         help="hold idle clients open until the server closes them",
         description=(
@@ -353,57 +480,45 @@ def _add_hold(sub: Any) -> None:
             "FIN arrives (so TIME_WAIT lands on the server's port), never reconnect."
         ),
     )
-    e = _EnvDefaults(p)
-    e.add("--target", type=parse_hostport, default=None, required="ECHOLAB_TARGET" not in
-          os.environ, help="server as HOST:PORT")  # fmt: skip
-    e.add("--clients", type=positive_int, default=8, help="connections to hold")
-    e.add("--timeout", type=duration, default=5.0, help="for each connect and its echo")
-    e.add("--duration", type=duration, default=0.0, help="give up after this long (0: never)")
+    p.option("--target", type=parse_hostport, required=True, help="server as HOST:PORT")
+    p.option(
+        "--clients", type=integer(1, MAX_CLIENTS, "clients"), default=8, help="connections to hold"
+    )
+    p.option("--timeout", type=timeout, default=5.0, help="for each connect and its echo")
+    p.option("--duration", type=duration, default=0.0, help="give up after this long (0: never)")
 
 
 def _add_sockets(sub: Any) -> None:
-    p = sub.add_parser(
+    p: CommandParser = sub.add_parser(
         "sockets",
         help="TCP sockets on a port by state, from /proc/net/tcp and tcp6",
         description="The TCP sockets on a port by state (TIME_WAIT with its remaining time).",
     )
-    e = _EnvDefaults(p)
-    e.add(
-        "--port",
-        type=port_number,
-        required="ECHOLAB_PORT" not in os.environ,
-        default=None,
-        help="local port to show",
-    )
-    e.add(
-        "--json",
-        dest="json_file",
-        default=None,
-        metavar="FILE",
-        help="write the sockets as JSON ('-': stdout)",
-    )
-    _add_sockets_watch(p)
-
-
-def _add_sockets_watch(p: argparse.ArgumentParser) -> None:
-    e = _EnvDefaults(p)
-    e.add(
+    p.option("--port", type=target_port, required=True, help="local port to show")
+    _json_option(p, "write the sockets as JSON ('-': stdout)")
+    p.option(
         "--watch",
         action="store_true",
         default=False,
         help="redraw until Ctrl-C (a line per interval when not on a terminal)",
     )
-    e.add("--interval", type=duration, default=0.5, help="--watch: seconds between readings")
+    p.option("--interval", type=timeout, default=0.5, help="--watch: seconds between readings")
+
+
+def _json_option(p: CommandParser, text: str) -> None:
+    p.option("--json", dest="json_file", metavar="FILE", help=text)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The whole command line, built on each call (the environment is read now)."""
-    parser = argparse.ArgumentParser(
+    """The whole command line (the environment is read when it parses)."""
+    parser = CommandParser(
         prog="echolab",
         description="A lab for the forking TCP echo server and SO_REUSEADDR under TIME_WAIT.",
     )
     parser.add_argument("--version", action="version", version=f"echolab {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=CommandParser
+    )
     _add_serve(sub)
     _add_probe(sub)
     _add_load(sub)
@@ -415,10 +530,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     command: str = args.command
-    if command == "serve":
-        from echolab import server
+    json_file = getattr(args, "json_file", None)
+    if json_file not in (None, "-"):
+        from echolab.report import check_writable
 
-        return server.run(args)
+        check_writable(json_file)  # before the run, not after it
+    if command == "serve":
+        from echolab import boot
+
+        return boot.run(args)
     if command == "probe":
         from echolab import probe
 

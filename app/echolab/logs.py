@@ -1,9 +1,9 @@
 """The server's event log: one line per event, text or JSON, on stderr.
 
-Why not the standard `logging` module (STYLE.md 7 suggests it): `logging` imports `threading`,
-and a parent that has imported `threading` costs every forked child about 420 KiB more private
-memory (measured on Linux 6.18 / CPython 3.11: 157 KiB private dirty per idle child without it,
-575 KiB with it; see README "Memory per connection"). This module keeps `logging`'s calling
+Why not the standard `logging` module: `logging` imports `threading`, and a parent that has
+imported `threading` costs every forked child about 420 KiB more private memory (measured on
+Linux 6.18 / CPython 3.11: 157 KiB private dirty per idle child without it, 575 KiB with it;
+see README "Measured figures"). This module keeps `logging`'s calling
 convention, `log.info("child %d exited", pid)` with %-arguments formatted only when emitted,
 and writes each line with a single write(2), so lines from the parent and its children never
 interleave (a pipe write of at most PIPE_BUF bytes is atomic).
@@ -31,6 +31,7 @@ class EventLog:
         self.level = level
         self.json = fmt == "json"
         self.fd = fd
+        self.closed = False  # the reader of our stderr went away: nobody can read us
         self._second = -1
         self._stamp = ""
 
@@ -39,6 +40,7 @@ class EventLog:
         self.level = LEVELS[level]
         self.json = fmt == "json"
         self.fd = fd
+        self.closed = False
 
     def is_enabled_for(self, level: int) -> bool:
         return level >= self.level
@@ -87,11 +89,17 @@ class EventLog:
         self._write(line + "\n")
 
     def _write(self, line: str) -> None:
+        if self.closed:
+            return
         data = line.encode("utf-8", "backslashreplace")
         fd = sys.stderr.fileno() if self.fd is None else self.fd
         try:
             while data:
                 data = data[os.write(fd, data) :]
+        except BrokenPipeError:
+            # Nobody reads our stderr any more. Writing on would only raise SIGPIPE again,
+            # which the server logs: a loop. The events are lost; the server goes on.
+            self.closed = True
         except OSError:
             pass  # stderr gone: the event is lost, the server goes on
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import sys
 import time
@@ -11,21 +12,54 @@ from argparse import Namespace
 from echolab.errors import EXIT_FAILED, EXIT_OK
 from echolab.listener import format_address
 
+CHUNK = 1 << 16  # bytes per send() or recv(): about what a loopback socket buffer takes at once
+
 
 def exchange(sock: socket.socket, payload: bytes, deadline: float | None = None) -> bytes:
-    """Send `payload` and read back as many bytes (fewer if the peer closes first).
+    """Send `payload` while reading the echo back; return what came (fewer bytes if the peer
+    closes first).
 
-    With `deadline` (a time.monotonic() value) each read waits only for what is left of it.
+    An echo server sends back as it reads: a client that sent everything before reading
+    would fill both directions' buffers and wait forever (16 MB did, on loopback). So the
+    socket is non-blocking here and one poll() waits for either direction. Each wait lasts
+    until `deadline` (a time.monotonic() value) or, without one, the socket's own timeout;
+    running out raises TimeoutError.
     """
-    sock.sendall(payload)
+    previous = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        return _exchange(sock, memoryview(payload), deadline, previous)
+    finally:
+        sock.settimeout(previous)
+
+
+def _exchange(
+    sock: socket.socket, payload: memoryview, deadline: float | None, timeout: float | None
+) -> bytes:
+    poller = select.poll()
+    sent = 0
     got = bytearray()
     while len(got) < len(payload):
-        if deadline is not None:
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
-        chunk = sock.recv(len(payload) - len(got))
-        if not chunk:
-            break
-        got += chunk
+        want = select.POLLIN | (select.POLLOUT if sent < len(payload) else 0)
+        poller.register(sock, want)
+        wait = timeout if deadline is None else max(0.0, deadline - time.monotonic())
+        events = poller.poll(None if wait is None else wait * 1000)
+        if not events:
+            raise TimeoutError("timed out")
+        ready = events[0][1]
+        if ready & (select.POLLIN | select.POLLERR | select.POLLHUP):
+            try:
+                chunk = sock.recv(min(CHUNK, len(payload) - len(got)))
+            except BlockingIOError:
+                chunk = None
+            if chunk == b"":
+                break  # the peer closed
+            got += chunk or b""
+        if ready & select.POLLOUT and sent < len(payload):
+            try:
+                sent += sock.send(payload[sent : sent + CHUNK])
+            except BlockingIOError:
+                pass
     return bytes(got)
 
 

@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, TextIO
 
-from echolab.errors import EXIT_OS_ERROR, EcholabError
+from echolab.errors import EXIT_OS_ERROR, EXIT_USAGE, EcholabError
+
+
+def check_writable(path: str) -> None:
+    """Fail now, with a usage error, if `write_json` could not write `path` after the run.
+
+    Opens an existing file for writing without truncating it, or creates the file and
+    removes it again: the same permission checks the real write will meet.
+    """
+    try:
+        if os.path.lexists(path):
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        else:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            os.unlink(path)
+    except OSError as exc:
+        raise EcholabError(f"cannot write --json {path}: {exc.strerror}", EXIT_USAGE) from None
+    except ValueError as exc:  # a NUL byte in the name
+        raise EcholabError(f"cannot write --json {path!r}: {exc}", EXIT_USAGE) from None
 
 
 def write_json(data: dict[str, Any], path: str) -> None:

@@ -1,88 +1,92 @@
-"""The forking echo server: the parent listens and accepts, each client gets its own child.
+"""The forking echo server's parent: listen, accept, fork, reap, reload in place, stop.
 
 The parent is single-threaded and never blocks in accept(): it waits on the listeners, a
-signal wakeup pipe and the children's report pipe together (epoll + set_wakeup_fd),
-because since PEP 475 a blocked accept() is retried after a signal and never returns to the
-loop. Signal handlers only record the signal; the loop does the work (STYLE.md 1-3).
+signal wakeup pipe and the children's report pipe together (epoll + set_wakeup_fd), because
+since PEP 475 a blocked accept() is retried after a signal and never returns to the loop.
+Signal handlers only record the signal; the loop acts on it (dispatch_signals):
 
-A child resets its signal dispositions, closes every descriptor of the parent's but its own
-connection, waits for its first bytes in splice(2) and echoes them, then splices on (when
-sessions outnumber CPUs) or copies through one buffer (when CPU is plentiful) — Linux only,
-reports how many bytes it echoed, and always ends with os._exit().
+    SIGTERM, SIGINT   stop: close the listeners, let sessions finish for --grace seconds,
+                      then end them in order (SIGTERM: FIN from the server), SIGKILL after
+                      KILL_AFTER; every further one ends the current wait at once
+    SIGQUIT           stop now: the same without the grace
+    SIGHUP            reload in place: re-execute the installed code with the same options,
+                      same PID, same listeners, adopting the live children
+    SIGUSR1           log one status line
+    SIGCHLD           reap (a WNOHANG loop; orphans too, as PID 1)
+    SIGTTIN, SIGTTOU  ignored by the kernel (a handler would make a background log write loop)
+    fault signals     SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGSYS keep their default, a crash: the
+                      kernel sends them for an instruction that cannot go on (a handler would
+                      re-run it forever) or a system call the sandbox refused
+    every other one   ignored, with a log line
+
+The child's side of a connection is echolab.session; how `echolab serve` becomes this lean
+process, and the one place where the server is built from its options, is echolab.boot.
 """
 
 from __future__ import annotations
 
-import _signal  # type: ignore[import-not-found]  # see serve_child
+import _signal  # type: ignore[import-not-found]  # C modules only: see below
 import _socket
 import errno
-import fcntl
 import gc
 import os
 import select
 import struct
-import sys
 import time
 
+from echolab import __version__
 from echolab.logs import INFO, WARNING, log
 from echolab.netaddr import format_address
 from echolab.ready import READY_PREFIX
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from argparse import Namespace
+from echolab.session import CHILD_ERROR, CHILD_STATUS, REPORT, serve_child
 
 # Tunables, each with its reason.
-CHUNK = 1 << 20  # bytes asked of one splice() call; the pipe's size bounds what one call moves
-PIPE_SIZE = 1 << 18  # 256 KiB pipe per streaming child: fewer splice() calls per MiB
-COPY_SIZE = 1 << 16  # the copying child's buffer, allocated only once its session is active
-BULK_HINT = 1 << 12  # a first chunk of a page or more is bulk data, worth a copy buffer; a short
-# message (a probe, a 64-byte request) stays on splice and never zero-fills COPY_SIZE bytes
-STREAM_HINT = 1 << 15  # a read this large means a bulk stream: grow the pipe (short sessions
-# never do, so an idle or chatty child keeps the default 64 KiB pipe and touches no more)
 ACCEPT_BATCH = 64  # accepts per wakeup before the loop looks at signals again
 RETRY_PAUSE = 0.1  # s without accepting after fork() or accept() ran out of a resource
 KILL_AFTER = 1.0  # s between SIGTERM to the remaining children and SIGKILL to stragglers
 REAP_LIMIT = 5.0  # s to wait for SIGKILLed children before giving up on them
-DRAIN_TIME = 0.5  # s a stopping child reads (and drops) after its FIN, so close() sends no RST
+LONGEST_WAIT = 3600.0  # s in one epoll wait; longer waits loop (epoll_wait takes int ms)
+MFD_NOEXEC_SEAL = 0x0008  # memfd_create(2) flag, Linux 6.3 (the os module has no name for it)
+CHECK_LIMIT = 60.0  # s the installed code may take to show it starts, before a reload
+# (Python starts in 0.05 s natively, 0.5-3 s under emulation)
 
-# How a child's session ended, as its exit status (decoded in the parent's exit log line).
-CHILD_EOF = 0  # the client closed (or half-closed) and everything it sent was echoed
-CHILD_ERROR = 1  # an unexpected error, logged by the child with its traceback
-CHILD_RESET = 3  # the peer reset the connection or vanished (ECONNRESET, EPIPE, ETIMEDOUT)
-CHILD_IDLE = 4  # the client was silent for --idle-timeout seconds
-CHILD_SHUTDOWN = 5  # the server is stopping: the child closed the connection from its side
-CHILD_STATUS = {
-    CHILD_EOF: "closed by client",
-    CHILD_ERROR: "error",
-    CHILD_RESET: "reset by peer",
-    CHILD_IDLE: "idle timeout",
-    CHILD_SHUTDOWN: "closed by server shutdown",
-}
-
-REPORT = struct.Struct("=iQ")  # (pid, bytes echoed): 12 bytes, written atomically (< PIPE_BUF)
 # The serving process imports C modules only (_signal, _socket rather than signal, socket):
 # the Python wrappers pull in enum and friends, and every page of the parent is paid again
 # on every fork (page tables copied by fork(), copy-on-write faults after it). In the child,
 # signal.signal()'s Enum conversions alone un-shared ~130 pages (0.5 MiB) per child.
-_SIGCHLD, _SIGINT, _SIGTERM, _SIGKILL = (
-    _signal.SIGCHLD,
-    _signal.SIGINT,
-    _signal.SIGTERM,
-    _signal.SIGKILL,
-)
-_SIG_DFL, _SIG_IGN = _signal.SIG_DFL, _signal.SIG_IGN
-_HANDLED = (_SIGCHLD, _SIGTERM, _SIGINT)
 _SIGNAL_NAMES = {
     number: name
     for name, number in vars(_signal).items()
-    if name.startswith("SIG") and not name.startswith("SIG_") and isinstance(number, int)
+    if name.startswith("SIG")
+    and not name.startswith("SIG_")
+    and name not in ("SIGCLD", "SIGPOLL", "SIGIOT")  # aliases of SIGCHLD, SIGIO, SIGABRT
+    and isinstance(number, int)
 }
-_MAXFD = os.sysconf("SC_OPEN_MAX")
-
-
-class _Shutdown(BaseException):
-    """Raised in a child by SIGTERM: the server is stopping, close the connection in order."""
+for _n in range(_signal.SIGRTMIN + 1, _signal.SIGRTMAX):
+    _SIGNAL_NAMES[_n] = f"SIGRTMIN+{_n - _signal.SIGRTMIN}"
+_SIGCHLD, _SIGTERM, _SIGKILL = _signal.SIGCHLD, _signal.SIGTERM, _signal.SIGKILL
+_SIG_DFL, _SIG_IGN = _signal.SIG_DFL, _signal.SIG_IGN
+# What each signal means (the module docstring, README and `serve --help` say the same).
+_ACTIONS = {
+    _signal.SIGTERM: "stop",
+    _signal.SIGINT: "stop",
+    _signal.SIGQUIT: "quit",
+    _signal.SIGHUP: "reload",
+    _signal.SIGUSR1: "status",
+    _SIGCHLD: "reap",
+}
+_KERNEL_IGNORED = (_signal.SIGTTIN, _signal.SIGTTOU)
+_DEFAULT = (
+    _SIGKILL,
+    _signal.SIGSTOP,  # neither can be caught
+    _signal.SIGSEGV,
+    _signal.SIGBUS,
+    _signal.SIGFPE,
+    _signal.SIGILL,
+    _signal.SIGSYS,
+    # not SIGABRT: abort() dies after the handler anyway; not SIGTRAP: a trap resumes
+)
+_HANDLED = tuple(sorted(set(_signal.valid_signals()) - set(_DEFAULT) - set(_KERNEL_IGNORED)))
 
 
 class Child:
@@ -90,14 +94,79 @@ class Child:
 
     __slots__ = ("addr", "nbytes", "started")
 
-    def __init__(self, addr: tuple[str, int], started: float) -> None:
+    def __init__(self, addr: tuple[str, int], started: float, nbytes: int = -1) -> None:
         self.addr = addr  # formatted only when the exit is logged: the parent stays lean
         self.started = started
-        self.nbytes = -1  # unknown until the child's report arrives
+        self.nbytes = nbytes  # unknown (-1) until the child's report arrives
 
     @property
     def peer(self) -> str:
         return format_address(self.addr[0], self.addr[1])
+
+
+class Lineage:
+    """What a server hands to the image that replaces it at a reload (and the first image's).
+
+    Written to an anonymous file (memfd) whose descriptor crosses execve() with the
+    listeners and the report pipe; the text is line-based so no parser needs importing.
+    """
+
+    MAGIC = "echolab-lineage 1"
+
+    def __init__(self) -> None:
+        self.generation = 1
+        self.started = time.monotonic()  # CLOCK_MONOTONIC is system-wide: survives execve
+        self.finished = 0  # clients whose child was reaped
+        self.fork_failures = 0
+        self.report: tuple[int, int] | None = None  # the report pipe (read end, write end)
+        self.held: tuple[int, tuple[str, int]] | None = None  # a connection awaiting fork()
+        self.children: dict[int, Child] = {}
+        self.signals: list[int] = []  # recorded, not yet acted on
+
+    def encode(self) -> bytes:
+        lines = [
+            self.MAGIC,
+            f"generation {self.generation}",
+            f"started {self.started!r}",
+            f"finished {self.finished}",
+            f"fork_failures {self.fork_failures}",
+            f"signals {' '.join(map(str, self.signals))}",
+        ]
+        if self.report is not None:
+            lines.append(f"report {self.report[0]} {self.report[1]}")
+        if self.held is not None:
+            fd, (host, port) = self.held
+            lines.append(f"held {fd} {host} {port}")
+        for pid, c in self.children.items():
+            lines.append(f"child {pid} {c.started!r} {c.nbytes} {c.addr[0]} {c.addr[1]}")
+        return ("\n".join(lines) + "\n").encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Lineage:
+        """The inverse of encode(); ValueError for anything else."""
+        lines = data.decode().splitlines()
+        if not lines or lines[0] != cls.MAGIC:
+            raise ValueError(f"not a {cls.MAGIC!r} record")
+        new = cls()
+        for line in lines[1:]:
+            key, _, rest = line.partition(" ")
+            words = rest.split()
+            if key in ("generation", "finished", "fork_failures"):
+                setattr(new, key, int(words[0]))
+            elif key == "started":
+                new.started = float(words[0])
+            elif key == "signals":
+                new.signals = [int(w) for w in words]
+            elif key == "report":
+                new.report = (int(words[0]), int(words[1]))
+            elif key == "held":
+                new.held = (int(words[0]), (words[1], int(words[2])))
+            elif key == "child":
+                pid, started, nbytes, host, port = words
+                new.children[int(pid)] = Child((host, int(port)), float(started), int(nbytes))
+            else:
+                raise ValueError(f"unknown line {line!r}")
+        return new
 
 
 class ForkingEchoServer:
@@ -112,6 +181,8 @@ class ForkingEchoServer:
         grace: float = 5.0,
         timeouts_per_connection: bool = False,
         origin: str = "",
+        exec_argv: list[str] | None = None,
+        lineage: Lineage | None = None,
     ) -> None:
         self.listeners = listeners
         self.max_children = max_children
@@ -119,18 +190,24 @@ class ForkingEchoServer:
         self.idle_timeout = idle_timeout
         self.grace = grace
         self.origin = origin  # how the listeners came to be, for the ready line
-        self.children: dict[int, Child] = {}
-        self._signals: list[int] = []
+        self.exec_argv = exec_argv  # how to start this server's code afresh (a reload)
+        self.lineage = lineage if lineage is not None else Lineage()
+        self.children = self.lineage.children
+        self._signals: list[int] = self.lineage.signals
         self._stopping = False
+        self._cuts = 0  # stop signals after the first: each ends one wait of the shutdown
         self._accepting = False
         self._resume_at: float | None = None  # when a paused accept loop may start again
         self._at_cap_logged = False
+        self._failing_since: float | None = None  # fork() failing since (monotonic)
         self._report_buf = b""
         # epoll directly rather than `selectors`: fewer objects touched per event, and every
         # page the parent writes between two forks becomes private memory of a child.
         self._epoll = select.epoll()
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._report_r, self._report_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.lineage.report is None:
+            self.lineage.report = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._report_r, self._report_w = self.lineage.report
         self._epoll.register(self._wakeup_r, select.EPOLLIN)
         self._epoll.register(self._report_r, select.EPOLLIN)
         self._by_fd: dict[int, _socket.socket] = {}
@@ -144,13 +221,17 @@ class ForkingEchoServer:
         # we started, so then the parent sets them on each connection it accepts.
         self._idle_tv = b""
         if timeouts_per_connection and idle_timeout > 0:
-            self._idle_tv = struct.pack("ll", int(idle_timeout), int(idle_timeout % 1 * 1e6))
+            self._idle_tv = timeval(idle_timeout)
 
     # ----- the parent's loop -------------------------------------------------------------
 
     def serve_forever(self) -> int:
-        """Run until SIGTERM or SIGINT, then shut down in order; return the exit status."""
+        """Run until SIGTERM, SIGINT or SIGQUIT, then shut down in order; return exit status."""
         self.install_signal_handlers()
+        if self.lineage.generation > 1:
+            self.log_reloaded()
+        self.reap_children()  # children of an earlier image may have exited in between
+        self.dispatch_signals()  # those an earlier image recorded but did not act on
         self.resume_accepting()
         self.announce()
         # Move every object made so far out of the collector's reach: a collection in the
@@ -187,7 +268,8 @@ class ForkingEchoServer:
 
     def wait_for_events(self, timeout: float | None) -> None:
         """Wait once on listeners, wakeup and reports; accept, reap and dispatch signals."""
-        for fd, _ in self._epoll.poll(-1 if timeout is None else timeout):
+        wait = -1.0 if timeout is None else min(timeout, LONGEST_WAIT)
+        for fd, _ in self._epoll.poll(wait):
             if fd == self._wakeup_r:
                 self._drain_pipe(fd)
             elif fd == self._report_r:
@@ -196,45 +278,127 @@ class ForkingEchoServer:
                 self.accept_clients(self._by_fd[fd])
         self.dispatch_signals()
 
+    # ----- signals -----------------------------------------------------------------------
+
     def install_signal_handlers(self) -> None:
-        """Called once, before the loop: handlers that record, and the wakeup pipe."""
+        """Called once, before the loop: handlers that record, the wakeup pipe, and the
+        signals blocked across a reload's execve() unblocked (pending ones arrive now)."""
         _signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
         for signum in _HANDLED:
-            _signal.signal(signum, self.handle_signal)
+            try:
+                _signal.signal(signum, self.handle_signal)
+            except (OSError, ValueError):
+                pass  # not catchable here (e.g. reserved by the C library)
+        for signum in _KERNEL_IGNORED:
+            _signal.signal(signum, _SIG_IGN)
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, _HANDLED)
 
     def handle_signal(self, signum: int, frame: object) -> None:
         """Signal handler: record the signal, nothing else (no logging, no I/O)."""
         self._signals.append(signum)
 
     def dispatch_signals(self) -> None:
-        """Called by the loop after every wakeup: act on the signals recorded since."""
+        """Called by the loop after every wakeup: act on the signals recorded since, in order
+        (reaping first, a reload last: it replaces this image)."""
         if not self._signals:
             return
         # Swap the list, never clear it in place: a handler that runs between two bytecodes
         # here appends either to the list taken now or to the fresh one, and nothing is lost.
         taken, self._signals = self._signals, []
-        pending = set(taken)
-        if _SIGCHLD in pending:
+        if _SIGCHLD in taken:
             self.reap_children()
-        for signum in (_SIGTERM, _SIGINT):
-            if signum in pending:
-                self.handle_stop(_SIGNAL_NAMES[signum])
+        ignored: dict[int, int] = {}
+        reload = False
+        for signum in taken:
+            action = _ACTIONS.get(signum)
+            if action is None:
+                ignored[signum] = ignored.get(signum, 0) + 1
+            elif action == "reload":
+                reload = True
+            elif action != "reap":
+                getattr(self, "handle_" + action)(_SIGNAL_NAMES[signum])
+        for signum, count in ignored.items():
+            self.handle_ignored(_SIGNAL_NAMES.get(signum, f"signal {signum}"), count)
+        if reload:
+            self.handle_reload("SIGHUP")
 
     def handle_stop(self, name: str) -> None:
-        """SIGTERM or SIGINT: stop accepting now; a second one ends the grace period."""
+        """SIGTERM or SIGINT: stop accepting now; every further one ends the current wait."""
         if not self._stopping:
             log.info("%s: stopping", name)
             self._stopping = True
             self.close_listeners()
-        else:
+            return
+        self._cuts += 1
+        if self._cuts == 1:
             log.info("%s again: ending the grace period", name)
-            self.grace = 0.0
+        else:
+            log.info("%s again: ending the wait for the children", name)
+
+    def handle_quit(self, name: str) -> None:
+        """SIGQUIT: stop now, without the grace (children still end in order and are reaped)."""
+        if self._stopping:
+            self.handle_stop(name)
+            return
+        log.info("%s: stopping now, no grace", name)
+        self._stopping = True
+        self._cuts = 1
+        self.close_listeners()
+
+    def handle_status(self, name: str) -> None:
+        """SIGUSR1: one line saying how the server is doing."""
+        lin = self.lineage
+        state = (
+            "stopping"
+            if self._stopping
+            else "accepting"
+            if self._accepting
+            else "at the cap"
+            if len(self.children) >= self.max_children
+            else "paused after a failed fork()"
+        )
+        accepted = lin.finished + len(self.children) + (lin.held is not None)
+        uptime = time.monotonic() - lin.started
+        log.info(
+            "%s: status: %d children (cap %d), %s, %d accepted, %d finished, "
+            "%d fork() failures, uptime %.1f s, generation %d",
+            name,
+            len(self.children),
+            self.max_children,
+            state,
+            accepted,
+            lin.finished,
+            lin.fork_failures,
+            uptime,
+            lin.generation,
+            fields={
+                "event": "status",
+                "children": len(self.children),
+                "max_children": self.max_children,
+                "state": state,
+                "accepted": accepted,
+                "finished": lin.finished,
+                "fork_failures": lin.fork_failures,
+                "uptime_s": round(uptime, 3),
+                "generation": lin.generation,
+            },
+        )
+
+    def handle_ignored(self, name: str, count: int) -> None:
+        """Any other catchable signal: ignored, and said so (once per signal and wakeup)."""
+        log.info("%s ignored%s", name, f" ({count} times)" if count > 1 else "")
 
     # ----- accepting and forking -----------------------------------------------------------
 
     def accept_clients(self, listener: _socket.socket) -> None:
-        """Called when a listener is readable: accept and fork up to ACCEPT_BATCH clients."""
+        """Called when a listener is readable: accept and fork up to ACCEPT_BATCH clients.
+
+        Stops early when accepting pauses (the cap, or a failed fork()): the rest wait in the
+        kernel's backlog.
+        """
         for _ in range(ACCEPT_BATCH):
+            if not self._accepting:
+                return
             if len(self.children) >= self.max_children:
                 self.pause_accepting(None)
                 return
@@ -257,9 +421,11 @@ class ForkingEchoServer:
                 conn.detach()
             self.process_request(fd, addr)
 
-    def process_request(self, fd: int, addr: tuple[str, int]) -> None:
+    def process_request(self, fd: int, addr: tuple[str, int]) -> bool:
         """Fork a child to serve the connection `fd`; the parent closes its copy at once.
 
+        When fork() fails (EAGAIN under a pids limit), the connection is held, not closed:
+        accepting pauses for RETRY_PAUSE, then the fork is tried again for it first.
         Signals are not blocked across fork(): until the child installs its own handlers, a
         signal only lands in its copy of `_signals`, which it never reads. SIGTERM cannot be
         lost that way: the parent signals children only after it has stopped forking.
@@ -271,24 +437,33 @@ class ForkingEchoServer:
         try:
             pid = os.fork()
         except OSError as exc:
-            os.close(fd)
-            log.warning(
-                "fork() failed for %s: %s; closed that connection, pausing %.1f s",
-                format_address(addr[0], addr[1]),
-                exc.strerror,
-                RETRY_PAUSE,
-            )
-            self.pause_accepting(RETRY_PAUSE)
-            return
+            self.fork_failed(fd, addr, exc)
+            return False
         if pid == 0:
             # This must never return into the parent's code, hence os._exit() (socketserver).
             status = CHILD_ERROR
             try:
-                status = self.serve_child(fd, splice_all)
+                status = serve_child(fd, self._report_w, splice_all)
             finally:
                 os._exit(status)
         os.close(fd)
         self.children[pid] = Child(addr, time.monotonic())
+        return True
+
+    def fork_failed(self, fd: int, addr: tuple[str, int], exc: OSError) -> None:
+        """Hold the connection and pause; logged once per run of failures, not per attempt."""
+        self.lineage.held = (fd, addr)
+        self.lineage.fork_failures += 1
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.warning(
+                "fork() failed for %s: %s; holding that connection and pausing accepts, "
+                "retrying every %.1f s",
+                format_address(addr[0], addr[1]),
+                exc.strerror,
+                RETRY_PAUSE,
+            )
+        self.pause_accepting(RETRY_PAUSE)
 
     def pause_accepting(self, seconds: float | None) -> None:
         """Stop watching the listeners: at the child cap (None) or for `seconds` after a failure.
@@ -303,12 +478,13 @@ class ForkingEchoServer:
             self._resume_at = time.monotonic() + seconds
         elif not self._at_cap_logged:
             self._at_cap_logged = True
-            log.warning(
+            log.info(
                 "at the cap of %d children: new clients wait in the backlog", self.max_children
             )
 
     def resume_accepting(self) -> None:
-        """Watch the listeners again (not while stopping, at the cap, or during a pause)."""
+        """Watch the listeners again, unless stopping, paused or still at the cap; a
+        connection held after a failed fork() is served first."""
         if (
             self._accepting
             or self._stopping
@@ -316,6 +492,17 @@ class ForkingEchoServer:
             or len(self.children) >= self.max_children
         ):
             return
+        if self.lineage.held is not None:
+            fd, addr = self.lineage.held
+            self.lineage.held = None
+            if not self.process_request(fd, addr):
+                return  # failed again: held, paused
+            if self._failing_since is not None:
+                log.info(
+                    "fork() works again after %.1f s: serving the held connection",
+                    time.monotonic() - self._failing_since,
+                )
+                self._failing_since = None
         for sock in self.listeners:
             self._epoll.register(sock, select.EPOLLIN)
         self._accepting = True
@@ -332,39 +519,25 @@ class ForkingEchoServer:
 
     def reap_children(self) -> None:
         """Called on SIGCHLD: reap every exited child (orphans too, as PID 1), log each once."""
-        reaped: list[tuple[int, int]] = []
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:  # ECHILD: no children at all
-                break
-            if pid == 0:
-                break
-            reaped.append((pid, status))
+        reaped = collect_exits()
         if not reaped:
             return
         self.read_reports()  # the reaped children wrote theirs before they exited
         now = time.monotonic()
+        known = 0
         for pid, status in reaped:
             child = self.children.pop(pid, None)
             if child is None:
                 log.debug("reaped pid %d (not a client's child: an orphan re-parented to us)", pid)
                 continue
+            known += 1
             self.log_child_exit(pid, child, status, now - child.started)
+        self.lineage.finished += known
         self.resume_accepting()
 
     def log_child_exit(self, pid: int, child: Child, status: int, elapsed: float) -> None:
         """One line per child: pid, peer, how it ended, duration and bytes echoed."""
-        if os.WIFEXITED(status):
-            code = os.WEXITSTATUS(status)
-            how = CHILD_STATUS.get(code, f"exit status {code}")
-            level = WARNING if code == CHILD_ERROR else INFO
-        elif os.WIFSIGNALED(status):
-            signum = os.WTERMSIG(status)
-            how = f"killed by {_SIGNAL_NAMES.get(signum, f'signal {signum}')}"
-            level = WARNING
-        else:
-            how, level = f"status {status:#x}", WARNING
+        how, level = describe_status(status)
         nbytes = child.nbytes
         log.log(
             level,
@@ -407,6 +580,135 @@ class ForkingEchoServer:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    # ----- reloading in place ------------------------------------------------------------
+
+    def handle_reload(self, name: str) -> None:
+        """SIGHUP: re-execute the installed code in place, same PID, same listeners, adopting
+        the children; if it cannot start, say why in one line and go on serving."""
+        if self._stopping:
+            log.info("%s: stopping, not reloading", name)
+            return
+        if not self.exec_argv:
+            log.error("%s: reload failed: no command to re-execute; still serving", name)
+            return
+        self.reap_children()
+        lin = self.lineage
+        try:
+            state_fd = state_file()
+        except OSError as exc:
+            log.error(
+                "%s: reload failed, the running code serves on: no anonymous file for the "
+                "state (memfd_create: %s)",
+                name,
+                exc.strerror,
+            )
+            return
+        try:
+            # A check run of the installed code, reading these very options and state: an
+            # image that cannot start must not replace this one (execve() cannot be undone).
+            os.pwrite(state_fd, lin.encode(), 0)
+            failure = self.check_new_code(state_fd)
+            if failure:
+                log.error(
+                    "%s: reload failed, the running code serves on: the installed code does not "
+                    "start: %s",
+                    name,
+                    failure,
+                )
+                return
+            log.info(
+                "%s: reloading in place: the installed code takes over %d children",
+                name,
+                len(self.children),
+            )
+            self.exec_in_place(state_fd)  # returns only when execve() failed
+        finally:
+            os.close(state_fd)
+
+    def check_new_code(self, state_fd: int) -> str:
+        """Run the installed code in check mode on our options and state: '' when it starts,
+        else its last line of output (or why it did not run)."""
+        assert self.exec_argv
+        argv = [*self.exec_argv, f"lineage={state_fd}", "check=1"]
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = os.posix_spawn(
+                argv[0],
+                argv,
+                os.environ,
+                file_actions=[(os.POSIX_SPAWN_DUP2, w, 1), (os.POSIX_SPAWN_DUP2, w, 2)],
+            )
+        except OSError as exc:
+            os.close(r)
+            return f"cannot run {argv[0]}: {exc.strerror}"
+        finally:
+            os.close(w)
+        out, complete = read_until_eof(r, CHECK_LIMIT)
+        os.close(r)
+        if not complete:
+            os.kill(pid, _SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        if complete and status == 0:
+            return ""
+        last = next((x for x in reversed(out.decode(errors="replace").splitlines()) if x), "")
+        if not complete:
+            return f"no answer within {CHECK_LIMIT:g} s"
+        return last or describe_status(status)[0]
+
+    def exec_in_place(self, state_fd: int) -> None:
+        """execve() this process with the state in `state_fd`; returns only if that failed.
+
+        The handled signals are blocked first: execve() resets their handlers to the default
+        (for SIGTERM: death), and a blocked signal stays pending across it until the new
+        image has its own handlers and unblocks them. Signals recorded but not yet acted on
+        travel in the state.
+        """
+        assert self.exec_argv
+        lin = self.lineage
+        passed = [state_fd, self._report_r, self._report_w, *self._by_fd]
+        if lin.held is not None:
+            passed.append(lin.held[0])
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, _HANDLED)  # runs pending handlers first
+        lin.signals, self._signals = self._signals, []
+        lin.generation += 1
+        state = lin.encode()
+        os.pwrite(state_fd, state, 0)
+        os.ftruncate(state_fd, len(state))
+        for fd in passed:
+            os.set_inheritable(fd, True)
+        argv = [*self.exec_argv, f"lineage={state_fd}"]
+        try:
+            os.execv(argv[0], argv)  # noqa: S606  our own interpreter and boot line
+        except OSError as exc:
+            error = exc.strerror
+        for fd in passed:
+            os.set_inheritable(fd, False)
+        lin.generation -= 1
+        self._signals = lin.signals + self._signals
+        lin.signals = []
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, _HANDLED)
+        log.error(
+            "SIGHUP: reload failed, the running code serves on: cannot execute %s: %s",
+            argv[0],
+            error,
+        )
+
+    def log_reloaded(self) -> None:
+        """The reload line, from the new image once it handles signals: proof of a reload."""
+        lin = self.lineage
+        log.info(
+            "reloaded: generation %d, %d children adopted, echolab %s",
+            lin.generation,
+            len(self.children),
+            __version__,
+            fields={
+                "event": "reload",
+                "generation": lin.generation,
+                "adopted": len(self.children),
+                "version": __version__,
+            },
+        )
+
     # ----- stopping ----------------------------------------------------------------------
 
     def close_listeners(self) -> None:
@@ -417,21 +719,27 @@ class ForkingEchoServer:
             sock.close()
         self.listeners = []
         self._by_fd = {}
+        if self.lineage.held is not None:
+            os.close(self.lineage.held[0])  # never served: fork() kept failing
+            self.lineage.held = None
 
     def shutdown(self) -> None:
-        """After the listeners closed: grace, then SIGTERM, then SIGKILL; reap every child."""
+        """After the listeners closed: grace, then SIGTERM, then SIGKILL; reap every child.
+
+        Each wait ends early on a further stop signal (the grace on the first, and so on).
+        """
         n = len(self.children)
-        if n:
+        if n and not self._cuts:
             log.info("listener closed; %d session(s) have %.1f s to finish", n, self.grace)
-        self.wait_children(self.grace)
+        self.wait_children(self.grace, 0)
         if self.children:
             log.info("asking %d session(s) to close (SIGTERM)", len(self.children))
             self.signal_children(_SIGTERM)
-            self.wait_children(KILL_AFTER)
+            self.wait_children(KILL_AFTER, 1)
         if self.children:
             log.warning("%d session(s) still open: SIGKILL", len(self.children))
             self.signal_children(_SIGKILL)
-            self.wait_children(REAP_LIMIT)
+            self.wait_children(REAP_LIMIT, 2)
         if self.children:
             log.error(
                 "%d child(ren) could not be reaped: %s",
@@ -440,14 +748,13 @@ class ForkingEchoServer:
             )
         log.info("stopped")
 
-    def wait_children(self, seconds: float) -> None:
-        """Reap children for up to `seconds` (a second SIGTERM/SIGINT ends a grace period)."""
+    def wait_children(self, seconds: float, phase: int) -> None:
+        """Reap children for up to `seconds`, or until more than `phase` cuts were asked."""
         deadline = time.monotonic() + seconds
-        grace = self.grace
         self.reap_children()  # SIGCHLD may have come and gone before the wait began
-        while self.children:
+        while self.children and self._cuts <= phase:
             left = deadline - time.monotonic()
-            if left <= 0 or self.grace < grace:
+            if left <= 0:
                 return
             self.wait_for_events(left)
 
@@ -463,207 +770,79 @@ class ForkingEchoServer:
         """Release the parent's descriptors and restore default signal handling."""
         _signal.set_wakeup_fd(-1)
         for signum in _HANDLED:
-            _signal.signal(signum, _SIG_DFL)
+            try:
+                _signal.signal(signum, _SIG_DFL)
+            except (OSError, ValueError):
+                pass
         for sock in self.listeners:
             sock.close()
         self._epoll.close()
         for fd in (self._wakeup_r, self._wakeup_w, self._report_r, self._report_w):
             os.close(fd)
 
-    # ----- the child ---------------------------------------------------------------------
 
-    def serve_child(self, fd: int, splice_all: bool = True) -> int:
-        """In the child: drop the parent's state, echo until the session ends, report.
-
-        The child touches as few of the parent's objects as it can, since every page it
-        writes stops being shared with the parent and is copied first (a page fault): so
-        the C-level _signal and _socket with plain ints, and close_range(2) on descriptors.
-        SIGCHLD keeps the parent's handler: a child has no children, so it never fires.
-        """
-        _signal.set_wakeup_fd(-1)  # before the wakeup pipe closes: its number will be reused
-        _signal.signal(_SIGINT, _SIG_IGN)  # ^C goes to the parent, which drains us
-        _signal.signal(_SIGTERM, _raise_shutdown)
-        # Keep stdio, the connection and the report pipe; close everything else of the
-        # parent's: the listeners (only the parent holds them), epoll, the wakeup pipe.
-        low = high = self._report_w
-        if fd < low:
-            low = fd
-        else:
-            high = fd
-        os.closerange(3, low)
-        os.closerange(low + 1, high)
-        os.closerange(high + 1, _MAXFD)
-        # Echo with splice(2): socket -> pipe -> socket, the bytes never copied into Python.
-        # Inline, not a function of its own: one code object fewer to un-share before an idle
-        # client's child waits in its first splice(). The pipe grows to PIPE_SIZE once a read
-        # shows a bulk stream (STREAM_HINT), worth fewer and larger moves.
-        moved = 0
+def collect_exits() -> list[tuple[int, int]]:
+    """Every exited child as (pid, status), by waitpid(-1, WNOHANG) until none is left."""
+    reaped: list[tuple[int, int]] = []
+    while True:
         try:
-            try:
-                r, w = os.pipe2(0)  # no O_CLOEXEC, no close(): the child never execs, exits next
-                splice = os.splice
-                grown = False
-                n = splice(fd, w, CHUNK)  # blocks until data, EOF (0) or idle timeout (EAGAIN)
-                while n:
-                    if n >= STREAM_HINT and not grown:
-                        grown = True
-                        try:
-                            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-                        except OSError:
-                            pass  # over pipe-user-pages-soft: the 64 KiB default still works
-                    bulk = n >= BULK_HINT
-                    while n:
-                        sent = splice(r, fd, n)
-                        n -= sent
-                        moved += sent
-                    if bulk and not splice_all:
-                        # Few sessions, CPU to spare: copy through one buffer from here on. On
-                        # loopback one spliced stream ran at 0.6x the C server (the receiver pays
-                        # for the spliced pages), a copied one at 1.0x; with sessions >= CPUs,
-                        # splice ran level with C at a third of the CPU per GiB (docs/bench.md).
-                        conn = _socket.socket(fileno=fd)
-                        buf = bytearray(COPY_SIZE)
-                        view = memoryview(buf)
-                        while n := conn.recv_into(buf):
-                            conn.sendall(view[:n])
-                            moved += n
-                        conn.detach()
-                        break
-                    n = splice(fd, w, CHUNK)
-                # The client closed first and everything it sent is echoed: nothing unread,
-                # so close() sends a plain FIN (and TIME_WAIT stays on the client's side).
-                os.close(fd)
-                status = CHILD_EOF
-            except BlockingIOError:  # SO_RCVTIMEO/SO_SNDTIMEO, inherited from the listener
-                close_in_order(_socket.socket(fileno=fd))
-                status = CHILD_IDLE
-            except _Shutdown:
-                close_in_order(_socket.socket(fileno=fd))
-                status = CHILD_SHUTDOWN
-        except (ConnectionError, TimeoutError):
-            status = CHILD_RESET  # ECONNRESET, EPIPE, ETIMEDOUT: nothing left to close in order
-        except _Shutdown:
-            status = CHILD_SHUTDOWN  # SIGTERM while closing in order
-        except Exception:  # noqa: BLE001  the child's last word: logged, never a silent death
-            log.exception("session with %s failed", format_address(*_peer_of(fd)))
-            status = CHILD_ERROR
-        try:
-            os.write(self._report_w, REPORT.pack(os.getpid(), moved))
-        except OSError:
-            pass  # report pipe full: the parent logs '?' bytes
-        return status
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # ECHILD: no children at all
+            break
+        except InterruptedError:
+            continue  # a signal arrived in the call (PEP 475 retries too; a fake may not)
+        if pid == 0:
+            break
+        reaped.append((pid, status))
+    return reaped
 
 
-def _raise_shutdown(signum: int, frame: object) -> None:
-    _signal.signal(_SIGTERM, _SIG_IGN)
-    raise _Shutdown
-
-
-def close_in_order(conn: _socket.socket) -> None:
-    """Close from the server's side with a FIN, never an RST: this side then holds TIME_WAIT.
-
-    shutdown(SHUT_WR) sends the FIN; data the client still sends is read and dropped for a
-    moment, because close() with unread data would answer with an RST.
-    """
-    try:
-        conn.shutdown(_socket.SHUT_WR)
-        conn.settimeout(DRAIN_TIME)
-        deadline = time.monotonic() + DRAIN_TIME
-        while time.monotonic() < deadline and conn.recv(65536):
-            pass
-    except OSError:
-        pass  # reset, timeout or already closed: nothing more to do in order
-    finally:
-        conn.close()
-
-
-def _peer_of(fd: int) -> tuple[str, int]:
-    try:
-        addr = _socket.socket(fileno=os.dup(fd)).getpeername()
-        return addr[0], addr[1]
-    except OSError:
-        return "?", 0
-
-
-def run(args: Namespace) -> int:
-    """`echolab serve`: open (or inherit) the listeners, then serve from a lean process.
-
-    This process has argparse, socket, enum and re loaded; a parent that had them would pay
-    for them on every fork (measured: 700 vs 490 us of CPU per fork+exit+wait). So once the
-    listeners are open (errors reported here, with their exit codes), it replaces itself
-    (same PID: systemd and PID 1 are unaffected) with `python -I -S` that imports C modules
-    and this module only, handing over the listening sockets by descriptor number. The ready
-    line comes from that process once it handles signals. Connections that arrive meanwhile wait
-    in the kernel's backlog.
-    """
-    from echolab.listener import inherited_listeners, open_listener
-
-    log.configure(args.log_level, args.log_format)
-    listeners = inherited_listeners()
-    inherited = bool(listeners)
-    origin = "inherited from systemd" if listeners else f"backlog {args.backlog}"
-    if not listeners:
-        listeners = [
-            open_listener(
-                args.host,
-                args.port,
-                args.backlog,
-                not args.no_reuseaddr,
-                args.idle_timeout,
-                reuseport=getattr(args, "reuseport", False),
-            )
-        ]
-    config = {
-        "fds": ",".join(str(sock.fileno()) for sock in listeners),
-        "max_children": args.max_children,
-        "idle_timeout": args.idle_timeout,
-        "grace": args.grace,
-        "log_level": args.log_level,
-        "log_format": args.log_format,
-        "inherited": int(inherited),
-        "origin": origin,
-    }
-    if sys.executable:
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        boot = (  # the leading string names the process for `ps` and `pgrep -f`
-            f"'echolab serve'; import sys; sys.path.insert(0, {package_root!r}); "
-            "import echolab.server as s; s.lean_main()"
+def describe_status(status: int) -> tuple[str, int]:
+    """How a child ended, from its wait status, and the log level that deserves."""
+    if os.WIFEXITED(status):
+        code = os.WEXITSTATUS(status)
+        return CHILD_STATUS.get(code, f"exit status {code}"), (
+            WARNING if code == CHILD_ERROR else INFO
         )
-        for sock in listeners:
-            sock.set_inheritable(True)
-        argv = [sys.executable, "-I", "-S", "-c", boot]
-        argv += [f"{key}={value}" for key, value in config.items()]
-        try:
-            os.execv(sys.executable, argv)  # noqa: S606  the same interpreter, fixed arguments
-        except OSError as exc:
-            log.warning(
-                "cannot re-execute %s (%s): serving from this process", sys.executable, exc.strerror
-            )
-    server = ForkingEchoServer(
-        [_socket.socket(fileno=sock.detach()) for sock in listeners],
-        max_children=args.max_children,
-        idle_timeout=args.idle_timeout,
-        grace=args.grace,
-        timeouts_per_connection=inherited,
-        origin=origin,
-    )
-    return server.serve_forever()
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        return f"killed by {_SIGNAL_NAMES.get(signum, f'signal {signum}')}", WARNING
+    return f"status {status:#x}", WARNING
 
 
-def lean_main() -> None:
-    """Entry point of the lean serving process: `key=value` arguments from run()."""
-    config = dict(arg.partition("=")[::2] for arg in sys.argv[1:])
-    log.configure(config["log_level"], config["log_format"])
-    listeners = []
-    for fd in config["fds"].split(","):
-        os.set_inheritable(int(fd), False)
-        listeners.append(_socket.socket(fileno=int(fd)))
-    server = ForkingEchoServer(
-        listeners,
-        max_children=int(config["max_children"]),
-        idle_timeout=float(config["idle_timeout"]),
-        grace=float(config["grace"]),
-        timeouts_per_connection=config["inherited"] == "1",
-        origin=config["origin"],
-    )
-    raise SystemExit(server.serve_forever())
+def read_until_eof(fd: int, seconds: float) -> tuple[bytes, bool]:
+    """Read a pipe until EOF or `seconds` pass: (what came, whether EOF came)."""
+    deadline = time.monotonic() + seconds
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    chunks: list[bytes] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return b"".join(chunks), False
+        if poller.poll(min(left, LONGEST_WAIT) * 1000):
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks), True
+            chunks.append(chunk)
+
+
+def state_file() -> int:
+    """An anonymous file (memfd) for a reload's state, inheritable across execve().
+
+    Sealed against execution where the kernel knows how (MFD_NOEXEC_SEAL, Linux 6.3; hosts
+    with vm.memfd_noexec=2 refuse any other memfd), plain before that.
+    """
+    try:
+        fd = os.memfd_create("echolab-lineage", MFD_NOEXEC_SEAL)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        fd = os.memfd_create("echolab-lineage", 0)
+    os.set_inheritable(fd, True)  # for the check run and the new image
+    return fd
+
+
+def timeval(seconds: float) -> bytes:
+    """A struct timeval for SO_RCVTIMEO/SO_SNDTIMEO."""
+    return struct.pack("ll", int(seconds), int(seconds % 1 * 1e6))

@@ -1,4 +1,4 @@
-"""`echolab serve` on real loopback sockets, as real processes: the behaviour issue 2 lists."""
+"""`echolab serve` on real loopback sockets, as real processes: what README says it does."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from echolab import tcpstate
 from echolab.proctree import children_of, kill_tree, open_fds, process_state
+from echolab.ready import parse_ready
 from tests.support import (
     ROOT,
     connect,
@@ -156,7 +158,7 @@ def test_at_the_cap_clients_wait_in_the_backlog_without_a_busy_loop() -> None:
     assert len(exit_lines(srv.log)) == 5
 
 
-def test_fork_failure_is_logged_in_one_line_and_survived() -> None:
+def test_a_failed_fork_pauses_accepting_and_turns_nobody_away() -> None:
     # A pids cgroup, as Docker's pids_limit makes one: the server plus 2 children fit, no more.
     with pids_cgroup(3) as procs:
 
@@ -169,21 +171,27 @@ def test_fork_failure_is_logged_in_one_line_and_survived() -> None:
             held = [connect(srv.port) for _ in range(2)]
             for c in held:
                 assert echo_once(c, b"ok") == b"ok"
-            refused = connect(srv.port)  # accepted, but fork() fails: the parent closes it
-            assert read_until_eof(refused, 5) == b""
+            waiting = [connect(srv.port) for _ in range(5)]  # the kernel completes them all
+            for i, c in enumerate(waiting):
+                c.sendall(b"queued %d" % i)
             srv.wait_for_line("fork\\(\\) failed")
-            held[0].close()
-            wait_until(lambda: len(children_of(srv.pid)) == 1, 5, what="a free slot")
-            time.sleep(0.3)  # past the retry pause
-            with connect(srv.port) as again:
-                assert echo_once(again, b"back") == b"back"
+            time.sleep(1.0)  # ten pauses' worth of retries
+            # Nobody was turned away: no waiting client got an EOF, a reset or an echo.
+            readable, _, _ = select.select(waiting, [], [], 0)
+            assert readable == [], "a client was closed (or served) while fork() failed"
+            assert len(children_of(srv.pid)) == 2
+            failures = [x for x in srv.lines if "fork() failed" in x]
+            assert len(failures) == 1, f"{len(failures)} failure lines in 1 s"
+            assert "Resource temporarily unavailable" in failures[0]
+            held[0].close()  # a slot frees: the held client is served first, then the rest
+            assert waiting[0].recv(100) == b"queued 0"
+            srv.wait_for_line("fork\\(\\) works again")
             held[1].close()
-            refused.close()
+            assert waiting[1].recv(100) == b"queued 1"
+            for c in waiting:
+                c.close()
         finally:
             assert srv.stop() == 0
-    failures = [x for x in srv.lines if "fork() failed" in x]
-    assert failures
-    assert all("Resource temporarily unavailable" in x for x in failures)
     assert "Traceback" not in srv.log
 
 
@@ -270,6 +278,126 @@ def test_sigint_stops_like_sigterm() -> None:
     srv = start_server()
     assert srv.stop(signal.SIGINT) == 0
     assert "SIGINT: stopping" in srv.log
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGTERM),
+     (signal.SIGTERM, signal.SIGINT), (signal.SIGTERM, signal.SIGQUIT)],
+)  # fmt: skip
+def test_a_second_stop_signal_ends_the_grace_every_time(first: int, second: int) -> None:
+    for _ in range(3):
+        srv = start_server("--grace", "3600")
+        try:
+            c = connect(srv.port)
+            assert echo_once(c, b"hi") == b"hi"
+            srv.proc.send_signal(first)
+            srv.wait_for_line(f"{signal.Signals(first).name}: stopping")
+            assert echo_once(c, b"in grace") == b"in grace"
+            srv.proc.send_signal(second)
+            srv.wait_for_line(f"{signal.Signals(second).name} again: ending the grace period")
+            assert read_until_eof(c) == b""  # a FIN: the session was closed in order
+            assert srv.proc.wait(10) == 0
+            c.close()
+        finally:
+            srv.stop()
+        assert [m.group(3) for m in exit_lines(srv.log)] == ["closed by server shutdown"]
+
+
+def test_a_third_sigterm_ends_the_wait_before_sigkill() -> None:
+    srv = start_server("--grace", "3600")
+    c = connect(srv.port)
+    assert echo_once(c, b"hi") == b"hi"
+    (child,) = children_of(srv.pid)
+    os.kill(child, signal.SIGSTOP)  # it cannot act on its SIGTERM
+    srv.proc.send_signal(signal.SIGTERM)
+    srv.wait_for_line("SIGTERM: stopping")
+    srv.proc.send_signal(signal.SIGTERM)
+    srv.wait_for_line("asking 1 session")
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(10) == 0
+    srv.stop()
+    c.close()
+    log = srv.log
+    assert log.index("again: ending the wait for the children") < log.index("SIGKILL")
+    assert process_state(child) == ""
+
+
+def test_sigquit_stops_at_once_and_still_ends_the_children_in_order() -> None:
+    srv = start_server("--grace", "3600")
+    clients = [connect(srv.port) for _ in range(3)]
+    for c in clients:
+        assert echo_once(c, b"x") == b"x"
+    kids = children_of(srv.pid)
+    srv.proc.send_signal(signal.SIGQUIT)
+    for c in clients:
+        assert read_until_eof(c) == b""  # FIN, not RST: closed in order
+        c.close()
+    assert srv.proc.wait(10) == 0
+    srv.stop()
+    assert "SIGQUIT: stopping now, no grace" in srv.log
+    assert [m.group(3) for m in exit_lines(srv.log)] == ["closed by server shutdown"] * 3
+    assert all(process_state(k) == "" for k in kids), "a child outlived the server"
+
+
+def test_sigusr1_logs_one_status_line() -> None:
+    with running_server("--max-children", "9") as srv, connect(srv.port) as c:
+        assert echo_once(c, b"x") == b"x"
+        srv.proc.send_signal(signal.SIGUSR1)
+        m = srv.wait_for_line(
+            r"SIGUSR1: status: (\d+) children \(cap 9\), accepting, (\d+) accepted"
+        )
+        assert m.groups() == ("1", "1")
+        assert echo_once(c, b"still") == b"still"
+
+
+def test_a_closed_log_pipe_neither_stops_nor_spins_the_server() -> None:
+    proc = subprocess.Popen(
+        echolab_cmd("serve", "--host", "127.0.0.1", "--port", "0"),
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stderr is not None
+        ready = parse_ready(proc.stderr.readline())
+        assert ready is not None
+        proc.stderr.close()  # the reader goes away: each log write now raises SIGPIPE
+        for _ in range(3):
+            with connect(ready[1]) as c:  # each child's exit is a log line
+                assert echo_once(c, b"x") == b"x"
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.3)
+        cpu_before = cpu_seconds(proc.pid)
+        time.sleep(1.0)
+        assert cpu_seconds(proc.pid) - cpu_before < 0.2, "the server spun on SIGPIPE"
+        with connect(ready[1]) as c:
+            assert echo_once(c, b"alive") == b"alive"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        kill_tree(proc.pid)
+
+
+def test_every_other_catchable_signal_is_ignored_with_a_line_and_kills_nothing() -> None:
+    from echolab import server
+
+    ignored = [s for s in server._HANDLED if s not in server._ACTIONS]
+    assert signal.SIGUSR2 in ignored and signal.SIGALRM in ignored and signal.SIGPIPE in ignored
+    with running_server() as srv, connect(srv.port) as c:
+        assert echo_once(c, b"x") == b"x"
+        (child,) = children_of(srv.pid)
+        for signum in ignored:
+            start = len(srv.lines)
+            srv.proc.send_signal(signum)
+            name = server._SIGNAL_NAMES[signum]
+            srv.wait_for_line(f"INFO {re.escape(name)} ignored$", start=start)
+        for signum in server._KERNEL_IGNORED:
+            srv.proc.send_signal(signum)
+        assert srv.proc.poll() is None
+        assert children_of(srv.pid) == [child]
+        assert echo_once(c, b"unharmed") == b"unharmed"
+    assert "Traceback" not in srv.log
 
 
 # 6. Nothing lost: zombies, descriptors, the listener, one exit line per child -----------------
@@ -366,10 +494,93 @@ def test_low_port_without_privilege_says_permission_denied() -> None:
     _assert_one_line_error(r, 4, "permission denied", "127.0.0.1:81")
 
 
-def test_bad_arguments_exit_2_with_a_usage_message() -> None:
+def test_bad_arguments_exit_2_in_one_line() -> None:
     r = run_echolab("serve", "--max-children", "zero")
-    assert r.returncode == 2
-    assert "usage:" in r.stderr and "Traceback" not in r.stderr
+    _assert_one_line_error(r, 2, "echolab serve: error: argument --max-children", "--help")
+
+
+LONG_LABEL = "x" * 64 + ".example"
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["serve", "--backlog", "2147483648"], {}),
+        (["serve", "--idle-timeout", "1e19"], {}),
+        (["serve", "--grace", "2592000"], {}),  # 30 days: more than epoll_wait() takes
+        (["serve", "--host", LONG_LABEL], {}),
+        (["load", "--target", f"{LONG_LABEL}:7007", "--duration", "1"], {}),
+        (["restart-check", "--host", LONG_LABEL, "--port", "0"], {}),
+        (["restart-check", "--target", f"{LONG_LABEL}:7007", "--restart-cmd", "true"], {}),
+        (["probe", "--timeout", "1e30"], {}),
+        (["load", "--target", "127.0.0.1:1", "--timeout", "1e30", "--duration", "1"], {}),
+        (["serve"], {"ECHOLAB_LOG_LEVEL": ""}),
+        (["serve"], {"ECHOLAB_LOG_FORMAT": "xml"}),
+        (["load", "--target", "127.0.0.1:1", "--duration", "1"], {"ECHOLAB_MODE": "bogus"}),
+        (["sockets", "--port", "1", "--json", "/nonexistent/dir/x.json"], {}),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], env: dict[str, str]) -> None:
+    if args[0] == "serve":  # were it accepted, it would serve: on a free port, for 30 s
+        args = [*args, "--host", "127.0.0.1", "--port", "0"]
+    r = run_echolab(*args, env=env, timeout=30)
+    _assert_one_line_error(r, 2, f"echolab {args[0]}")
+
+
+def test_a_subcommand_ignores_the_variables_of_the_others() -> None:
+    r = run_echolab("sockets", "--port", "1", env={"ECHOLAB_BACKLOG": "0", "ECHOLAB_MODE": "x"})
+    assert r.returncode == 0, r.stderr
+
+
+def test_log_level_from_the_environment_in_capitals() -> None:
+    with running_server(env={"ECHOLAB_LOG_LEVEL": "INFO"}) as srv:
+        pass
+    assert "Traceback" not in srv.log
+
+
+def test_the_longest_grace_is_served_and_a_second_sigterm_ends_it() -> None:
+    srv = start_server("--grace", "2147483")  # 24.8 days, the most a wait can take
+    try:
+        c = connect(srv.port)
+        assert echo_once(c, b"before") == b"before"
+        srv.proc.send_signal(signal.SIGTERM)
+        srv.wait_for_line("SIGTERM: stopping")
+        time.sleep(0.3)
+        assert srv.proc.poll() is None, "the parent died in its grace"
+        assert echo_once(c, b"during grace") == b"during grace"
+        srv.proc.send_signal(signal.SIGTERM)
+        assert read_until_eof(c) == b""
+        assert srv.proc.wait(10) == 0
+        c.close()
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log
+    assert exit_lines(srv.log)[0].group(3) == "closed by server shutdown"
+
+
+def test_mode_from_the_environment_is_checked_before_any_worker_starts() -> None:
+    with running_server() as srv:
+        r = run_echolab(
+            "load", "--target", f"127.0.0.1:{srv.port}", "--connections", "10",
+            env={"ECHOLAB_MODE": "bogus"},
+        )  # fmt: skip
+        time.sleep(0.2)
+    _assert_one_line_error(r, 2, "ECHOLAB_MODE='bogus'")
+    assert exit_lines(srv.log) == [], "the load reached the server"
+
+
+@pytest.mark.parametrize("command", ["load", "restart-check", "sockets"])
+def test_an_unwritable_json_destination_fails_before_the_run(command: str, tmp_path: Path) -> None:
+    with running_server() as srv:
+        args = {
+            "load": ["--target", f"127.0.0.1:{srv.port}", "--duration", "30"],
+            "restart-check": ["--port", "0"],
+            "sockets": ["--port", str(srv.port)],
+        }[command]
+        r = run_echolab(command, *args, "--json", str(tmp_path / "no" / "such" / "x.json"))
+    _assert_one_line_error(r, 2, f"echolab {command}: cannot write --json", "No such file")
+    assert exit_lines(srv.log) == [], "the run started"
+    assert "listening on" not in r.stdout + r.stderr
 
 
 def test_probe_reports_refused_in_one_line() -> None:
@@ -385,6 +596,18 @@ def test_probe_round_trip() -> None:
         r = run_echolab("probe", "--target", f"127.0.0.1:{srv.port}")
     assert r.returncode == 0, r.stderr
     assert "echoed intact" in r.stdout
+
+
+def test_probe_reads_while_it_writes_a_payload_larger_than_every_buffer() -> None:
+    with running_server() as srv:
+        r = run_echolab(
+            "probe", "--target", f"127.0.0.1:{srv.port}", "--payload", "16000000",
+            "--timeout", "60", timeout=90,
+        )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "16000000 bytes echoed intact" in r.stdout
+    (line,) = exit_lines(srv.log)
+    assert line.group(5) == "16000000"
 
 
 # 8. The restart under TIME_WAIT -------------------------------------------------------------
@@ -426,7 +649,7 @@ def test_dual_stack_server() -> None:
     assert f"listening on [::]:{srv.port}" in srv.log
 
 
-def test_socket_activation_serves_on_the_inherited_listener() -> None:
+def test_socket_activation_serves_on_the_inherited_listener_and_keeps_it_across_a_reload() -> None:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
@@ -451,6 +674,14 @@ def test_socket_activation_serves_on_the_inherited_listener() -> None:
         assert f"listening on 127.0.0.1:{port} (inherited from systemd" in line
         with connect(port) as c:
             assert echo_once(c, b"activated") == b"activated"
+            proc.send_signal(signal.SIGHUP)
+            while "reloaded: generation 2" not in line:
+                line = proc.stderr.readline()
+            line = proc.stderr.readline()
+            assert f"listening on 127.0.0.1:{port} (inherited from systemd" in line
+            assert echo_once(c, b"adopted") == b"adopted"
+        with connect(port) as c:
+            assert echo_once(c, b"reloaded") == b"reloaded"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:
