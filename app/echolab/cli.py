@@ -252,6 +252,54 @@ def _add_load(sub: Any) -> None:
         help="fail when the error fraction exceeds this",
     )
     e.add("--timeout", type=duration, default=5.0, help="per-operation timeout")
+    e.add(
+        "--rate",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="open loop: start N connections (rate mode) or round trips (stream, hold) a "
+        "second on a fixed schedule, each timed from its scheduled start (default: closed "
+        "loop, the next start when one ends)",
+    )
+
+    def milliseconds(text: str) -> float:
+        """A latency limit: a bare number is milliseconds ('50'), or a duration ('0.2s')."""
+        bare = text.strip().replace(".", "", 1).isdigit()
+        return duration(f"{text.strip()}ms" if bare else text)
+
+    e.add(
+        "--max-p99",
+        type=milliseconds,
+        default=None,
+        metavar="MS",
+        help="fail when the p99 latency exceeds MS milliseconds",
+    )
+    e.add(
+        "--max-p999",
+        type=milliseconds,
+        default=None,
+        metavar="MS",
+        help="fail when the p99.9 latency exceeds MS milliseconds",
+    )
+    e.add(
+        "--latency-csv",
+        default=None,
+        metavar="FILE",
+        help="write latency percentiles per --interval as CSV",
+    )
+    e.add(
+        "--plot",
+        default=None,
+        metavar="FILE",
+        help="draw latency over time and the percentile spectrum (.svg or .png; needs the "
+        "'plot' extra: pip install 'echolab[plot]')",
+    )
+    e.add(
+        "--interval",
+        type=duration,
+        default=1.0,
+        help="the step of --latency-csv and --plot, and of the live p99",
+    )
 
 
 def _add_restart_check(sub: Any) -> None:
