@@ -201,7 +201,7 @@ def split(total: int, parts: int) -> list[int]:
 
 def worker_count(args: argparse.Namespace) -> int:
     """--workers, but never more than there are clients or connections to share."""
-    n = max(1, min(args.workers, args.clients))
+    n: int = max(1, min(args.workers, args.clients))
     if args.connections is not None:
         n = min(n, args.connections)
     return n

@@ -252,7 +252,7 @@ def test_latency_over_time_as_csv_adds_up_to_the_run(tmp_path: Path) -> None:
 def test_a_picture_of_the_run(tmp_path: Path, suffix: str, magic: bytes) -> None:
     picture = tmp_path / f"load{suffix}"
     with running_server() as srv:
-        status, data = load_json(
+        status, _ = load_json(
             "--target", f"127.0.0.1:{srv.port}", "--rate", "200", "--duration", "1.5s",
             "--interval", "250ms", "--plot", str(picture),
         )  # fmt: skip
