@@ -8,7 +8,8 @@ Per round, on a fresh C server (bench/c/echo_server.c):
   3. for each FRACTION f: `echolab load --rate f*R` (open loop) for SECONDS, and whether it
      kept its schedule (its own JSON verdict `schedule.kept`, with the lag figures behind it).
 Rounds alternate the clients, so a busy moment of the shared machine hits both; medians are
-reported. Step 3 is skipped for an echolab without `--rate` (a baseline from older code).
+reported. Step 3 is skipped for an echolab without `--rate`; `--baseline OTHER_ECHOLAB` adds
+step 2 for another build (older code) in the same rounds: before and after, side by side.
 
     python3 bench/loadgen.py --echolab .venv-bench/bin/echolab --bin bench/bin
 
@@ -119,6 +120,18 @@ def one_round(args: argparse.Namespace, rnd: str, logdir: Path, out: dict[str, l
             f"{rnd} C client {c_rate:,.0f} conn/s, echolab load (closed loop) {e_rate:,.0f} "
             f"conn/s ({e_rate / c_rate:.2f}x)"
         )
+        if args.baseline:
+            base = echolab_load(
+                args.baseline,
+                [
+                    "--target", server.target, "--mode", "rate", "--clients", str(args.clients),
+                    "--connections", str(args.connections), "--payload", str(PAYLOAD),
+                ],
+                timeout=600,
+            )  # fmt: skip
+            b_rate = float(base["conn_per_s"])  # type: ignore[arg-type]
+            out["baseline_closed"].append(b_rate)
+            progress(f"{rnd} baseline echolab load {b_rate:,.0f} conn/s ({b_rate / c_rate:.2f}x)")
         if not args.open:
             return
         for frac in args.fractions:
@@ -150,6 +163,13 @@ def render(args: argparse.Namespace, out: dict[str, list]) -> str:
         "",
         f"echolab load / C client: {statistics.median(e) / statistics.median(c):.2f}x",
     ]
+    if out["baseline_closed"]:
+        b = out["baseline_closed"]
+        lines[-3:-3] = [
+            f"| baseline ({args.baseline}) | {statistics.median(b):,.0f} | "
+            f"{' / '.join(f'{v:,.0f}' for v in b)} |"
+        ]
+        lines.append(f"baseline / C client: {statistics.median(b) / statistics.median(c):.2f}x")
     if out["open"]:
         lines += [
             "",
@@ -181,6 +201,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--fractions", default=str(OPEN_FRACTION), help="open-loop rates, of the closed max"
     )
     p.add_argument("--no-open", dest="open", action="store_false", help="skip the open loop")
+    p.add_argument(
+        "--baseline", default=None, help="another echolab (older code): its closed loop too"
+    )
     args = p.parse_args(argv)
     args.fractions = [float(x) for x in args.fractions.split(",") if x]
     return args
@@ -198,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     logdir = Path(args.out) / "logs" / f"loadgen-{stamp}"
     logdir.mkdir(parents=True, exist_ok=True)
-    out: dict[str, list] = {"c_client": [], "echolab_closed": [], "open": []}
+    out: dict[str, list] = {"c_client": [], "echolab_closed": [], "baseline_closed": [], "open": []}
     for r in range(1, args.rounds + 1):
         one_round(args, f"round {r}/{args.rounds}", logdir, out)
     md = render(args, out)
