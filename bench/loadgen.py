@@ -91,6 +91,19 @@ def open_loop_run(echolab: str, target: str, rate: float, seconds: float) -> dic
     }
 
 
+def closed_rate(args: argparse.Namespace, echolab: str, target: str) -> float:
+    """`echolab load --mode rate` in a closed loop, as the C client runs: its conn/s."""
+    data = echolab_load(
+        echolab,
+        [
+            "--target", target, "--mode", "rate", "--clients", str(args.clients),
+            "--connections", str(args.connections), "--payload", str(PAYLOAD),
+        ],
+        timeout=600,
+    )  # fmt: skip
+    return float(data["conn_per_s"])  # type: ignore[arg-type]
+
+
 def one_round(args: argparse.Namespace, rnd: str, logdir: Path, out: dict[str, list]) -> None:
     """Steps 1-3 on a fresh C server."""
     server = Server(
@@ -105,15 +118,8 @@ def one_round(args: argparse.Namespace, rnd: str, logdir: Path, out: dict[str, l
             ],
             timeout=600,
         )  # fmt: skip
-        ours = echolab_load(
-            args.echolab,
-            [
-                "--target", server.target, "--mode", "rate", "--clients", str(args.clients),
-                "--connections", str(args.connections), "--payload", str(PAYLOAD),
-            ],
-            timeout=600,
-        )  # fmt: skip
-        c_rate, e_rate = float(c["conn_per_s"]), float(ours["conn_per_s"])  # type: ignore[arg-type]
+        c_rate = float(c["conn_per_s"])  # type: ignore[arg-type]
+        e_rate = closed_rate(args, args.echolab, server.target)
         out["c_client"].append(c_rate)
         out["echolab_closed"].append(e_rate)
         progress(
@@ -121,15 +127,7 @@ def one_round(args: argparse.Namespace, rnd: str, logdir: Path, out: dict[str, l
             f"conn/s ({e_rate / c_rate:.2f}x)"
         )
         if args.baseline:
-            base = echolab_load(
-                args.baseline,
-                [
-                    "--target", server.target, "--mode", "rate", "--clients", str(args.clients),
-                    "--connections", str(args.connections), "--payload", str(PAYLOAD),
-                ],
-                timeout=600,
-            )  # fmt: skip
-            b_rate = float(base["conn_per_s"])  # type: ignore[arg-type]
+            b_rate = closed_rate(args, args.baseline, server.target)
             out["baseline_closed"].append(b_rate)
             progress(f"{rnd} baseline echolab load {b_rate:,.0f} conn/s ({b_rate / c_rate:.2f}x)")
         if not args.open:

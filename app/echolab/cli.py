@@ -224,7 +224,12 @@ def _add_load(sub: Any) -> None:
         choices=["rate", "stream", "hold"],
         help="rate: short connections; stream: long two-way streams; hold: idle connections",
     )
-    e.add("--clients", type=positive_int, default=64, help="connections in flight")
+    e.add(
+        "--clients",
+        type=positive_int,
+        default=64,
+        help="connections in flight (rate mode with --rate: at most this many open)",
+    )
     group = p.add_mutually_exclusive_group()
     ge = _EnvDefaults(p, group)
     ge.add(
@@ -234,7 +239,12 @@ def _add_load(sub: Any) -> None:
         help="rate mode: stop after this many connections",
     )
     ge.add("--duration", type=duration, default=None, help="run this long (default 10s)")
-    e.add("--payload", type=positive_int, default=64, help="bytes per connection (rate)")
+    e.add(
+        "--payload",
+        type=positive_int,
+        default=64,
+        help="bytes per connection (rate mode) or round trip (hold, --rate)",
+    )
     e.add("--workers", type=workers, default="auto", help="worker processes ('auto': CPU count)")
     e.add(
         "--json",

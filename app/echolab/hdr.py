@@ -4,8 +4,8 @@ Values are whole microseconds. Below 256 us every value has its own bucket; abov
 of two is cut into 128 buckets, so a bucket is never wider than 1/128 (0.78%) of the values it
 holds, from a quarter of a millisecond up to 2**42 us (51 days; larger values land in the
 last bucket). That is 4,608 counters: a histogram is a plain list of ints, recording is one
-index computation and one increment (the load generator's hot loops inline it), and merging
-the histograms of several processes or intervals is adding them.
+index computation and one increment, and merging the histograms of several processes or
+intervals is adding them.
 
 A percentile is reported as the highest value of its bucket (HdrHistogram's "highest
 equivalent value"), capped at the exact maximum: never below the truth, at most 0.78% above.
@@ -37,7 +37,7 @@ def new() -> list[int]:
 
 
 def index_of(us: int) -> int:
-    """The bucket of a value of `us` microseconds (the hot loops inline this)."""
+    """The bucket of a value of `us` microseconds."""
     if us < EXACT_BELOW:
         return max(us, 0)
     if us.bit_length() > TOP_BITS:

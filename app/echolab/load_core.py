@@ -236,10 +236,28 @@ def errno_text(code: int) -> str:
     return f"{errno.errorcode.get(code, str(code))} ({os.strerror(code)})"
 
 
-def new_socket(plan: Plan) -> tuple[socket.socket, int]:
-    """A non-blocking socket with a connect started; returns it and connect_ex's errno."""
-    sock = socket.socket(plan.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-    return sock, sock.connect_ex(plan.sockaddr)
+def start_connect(plan: Plan, stats: Stats) -> socket.socket | None:
+    """A non-blocking socket with its connect under way; None when that failed at once
+    (EMFILE, a refusal on loopback...), counted as an error of its kind."""
+    try:
+        sock = socket.socket(plan.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    except OSError as exc:
+        stats.error(classify(exc), f"socket: {exc}")
+        return None
+    err = sock.connect_ex(plan.sockaddr)
+    if err and err != errno.EINPROGRESS:
+        sock.close()
+        stats.error(ERRNO_KIND.get(err, "other"), f"connect: {errno_text(err)}")
+        return None
+    return sock
+
+
+def connect_error(sock: socket.socket) -> tuple[str, str] | None:
+    """After a connect's completion event: (error kind, detail) when it failed, else None."""
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if not err:
+        return None
+    return ERRNO_KIND.get(err, "other"), f"connect: {errno_text(err)}"
 
 
 def describe_mismatch(data: bytes, view: memoryview, start_at: int, got: int, size: int) -> str:

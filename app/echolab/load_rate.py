@@ -4,7 +4,6 @@ a fixed schedule, whatever the server does)."""
 
 from __future__ import annotations
 
-import errno
 import math
 import select
 import socket
@@ -12,17 +11,16 @@ import time
 
 from echolab import hdr
 from echolab.load_core import (
-    ERRNO_KIND,
     LATE_GRACE,
     PATTERN_SIZE,
     Plan,
     Reporter,
     Stats,
     classify,
+    connect_error,
     count_schedule,
     describe_mismatch,
-    errno_text,
-    new_socket,
+    start_connect,
 )
 
 SWEEP = 0.05  # seconds between timeout sweeps (and counter updates)
@@ -56,8 +54,8 @@ def rate_loop(plan: Plan, pattern: bytes, stats: Stats, rep: Reporter, start: fl
     removes it from the epoll set. About seven system calls per connection.
     """
     # Over the length rule on purpose: this is the generator's hot path (bench/loadgen.py
-    # holds it to the C client's rate). Its state lives in locals and the per-connection work
-    # is written inline, because a call or an attribute lookup per connection costs rate.
+    # holds it to the C client's rate). Its state lives in locals and the per-event work is
+    # written inline, because a call or an attribute lookup per event costs rate.
     ep = select.epoll()
     conns: dict[int, _Conn] = {}
     size = plan.payload
@@ -69,7 +67,7 @@ def rate_loop(plan: Plan, pattern: bytes, stats: Stats, rep: Reporter, start: fl
     budget = plan.connections  # None: run until the deadline
     deadline = start + plan.duration if plan.duration is not None else math.inf
     timeout, cap = plan.timeout, plan.clients
-    mono = time.monotonic
+    mono, record = time.monotonic, hdr.record
     chist, lat, lagh = stats.connect, rep.latency, rep.lag
     stop_flag = rep.stop_flag
     events_mask = _EPOLLIN | _EPOLLOUT | _EPOLLET
@@ -92,15 +90,8 @@ def rate_loop(plan: Plan, pattern: bytes, stats: Stats, rep: Reporter, start: fl
     def open_one(t0: float, t: float, off: int) -> bool:
         """Start one connection; count the error and return False when that fails at once."""
         nonlocal backoff_until
-        try:
-            sock, err = new_socket(plan)
-        except OSError as exc:  # EMFILE and friends
-            stats.error(classify(exc), f"socket: {exc}")
-            backoff_until = t + BACKOFF
-            return False
-        if err and err != errno.EINPROGRESS:
-            sock.close()
-            stats.error(ERRNO_KIND.get(err, "other"), f"connect: {errno_text(err)}")
+        sock = start_connect(plan, stats)
+        if sock is None:
             backoff_until = t + BACKOFF
             return False
         fd = sock.fileno()
@@ -126,7 +117,7 @@ def rate_loop(plan: Plan, pattern: bytes, stats: Stats, rep: Reporter, start: fl
                     slot_waits += 1  # it waited for a free slot: the server's doing, not ours
                 else:
                     us = int((t - next_at) * 1e6)  # our own lag
-                    hdr.record(lagh, us)
+                    record(lagh, us)
                     gmax = max(gmax, us)
                 open_one(next_at, t, (started * 7919) % span)
                 started += 1
@@ -152,10 +143,9 @@ def rate_loop(plan: Plan, pattern: bytes, stats: Stats, rep: Reporter, start: fl
             sock = c.sock
             if c.sent < size:
                 if ev & _EPOLLERR and not c.sent:
-                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    if err:
-                        kind = ERRNO_KIND.get(err, "other")
-                        fail(fd, c, kind, f"connect: {errno_text(err)}")
+                    failed = connect_error(sock)
+                    if failed:
+                        fail(fd, c, *failed)
                         continue
                 try:
                     n = sock.send(view[c.off + c.sent : c.off + size])
@@ -166,11 +156,7 @@ def rate_loop(plan: Plan, pattern: bytes, stats: Stats, rep: Reporter, start: fl
                     continue
                 if not c.sent:  # the connect completed
                     us = int((mono() - c.t_start) * 1e6)
-                    if us < 256:
-                        chist[us] += 1
-                    else:
-                        sh = us.bit_length() - 8
-                        chist[(sh << 7) + (us >> sh)] += 1
+                    record(chist, us)
                     cmax = max(cmax, us)
                 c.sent += n
                 if not ev & _EPOLLIN:
@@ -195,11 +181,7 @@ def rate_loop(plan: Plan, pattern: bytes, stats: Stats, rep: Reporter, start: fl
                 c.got += n
                 if c.got == size:
                     us = int((mono() - c.t0) * 1e6)
-                    if us < 256:
-                        lat[us] += 1
-                    else:
-                        sh = us.bit_length() - 8
-                        lat[(sh << 7) + (us >> sh)] += 1
+                    record(lat, us)
                     lmax = max(lmax, us)
                     del conns[fd]
                     sock.close()

@@ -15,7 +15,6 @@ comes back is checked against the same positions of the pattern.
 
 from __future__ import annotations
 
-import errno
 import random
 import select
 import socket
@@ -23,20 +22,8 @@ import time
 from collections import deque
 
 from echolab import hdr
-from echolab.load_core import (
-    ERRNO_KIND,
-    LATE_GRACE,
-    PATTERN_SIZE,
-    STREAM_CHUNK,
-    Plan,
-    Reporter,
-    Stats,
-    classify,
-    count_schedule,
-    describe_mismatch,
-    errno_text,
-    new_socket,
-)
+from echolab import load_core as core
+from echolab.load_core import Plan, Reporter, Stats
 
 STREAM_WINDOW = 4 << 20  # stream: most bytes in flight (sent, not yet verified) per connection
 HOLD_PING_INTERVAL = 1.0  # hold: mean seconds between pings on one connection
@@ -100,7 +87,7 @@ class LongLived:
         self.ep = select.epoll()
         self.sessions: dict[int, Session] = {}
         self.rng = random.Random(plan.seed * 7 + plan.index)
-        self.doubled = pattern + pattern[:STREAM_CHUNK]  # any chunk's bytes are contiguous
+        self.doubled = pattern + pattern[: core.STREAM_CHUNK]  # any chunk's bytes are contiguous
         self.view = memoryview(self.doubled)
         self.streaming = plan.mode == "stream" and plan.rate is None
         self.pinging = plan.mode == "hold" and plan.rate is None
@@ -114,6 +101,7 @@ class LongLived:
         self.order_stale = True
         self.turn = 0
         self.backoff_until = 0.0
+        self.draining = False
 
     # --- the loop -----------------------------------------------------------------------
     def run(self) -> None:
@@ -123,7 +111,7 @@ class LongLived:
         next_tick = next_pings = 0.0
         while not stop_flag.value:
             now = mono()
-            if self.paced and now < self.deadline + LATE_GRACE:
+            if self.paced and now < self.deadline + core.LATE_GRACE:
                 self.deal_round_trips()
             if now >= self.deadline:
                 break
@@ -145,7 +133,7 @@ class LongLived:
             end = min(mono(), self.deadline)
             blocked = self.next_at <= self.capped_at
             schedule = (self.first, self.period)
-            count_schedule(self.stats, end, schedule, budget=None, blocked=blocked)
+            core.count_schedule(self.stats, end, schedule, budget=None, blocked=blocked)
         if stop_flag.value:
             self.abandon()
         else:
@@ -173,26 +161,19 @@ class LongLived:
         """Top up to `clients` connections; on a failure, count it and back off."""
         while len(self.sessions) < self.plan.clients:
             t = time.monotonic()
-            try:
-                sock, err = new_socket(self.plan)
-            except OSError as exc:
-                self.stats.error(classify(exc), f"socket: {exc}")
+            sock = core.start_connect(self.plan, self.stats)
+            if sock is None:
                 self.backoff_until = t + CONNECT_BACKOFF
                 return
-            if err and err != errno.EINPROGRESS:
-                sock.close()
-                self.stats.error(ERRNO_KIND.get(err, "other"), f"connect: {errno_text(err)}")
-                self.backoff_until = t + CONNECT_BACKOFF
-                return
-            s = Session(sock, self.rng.randrange(PATTERN_SIZE), t)
+            s = Session(sock, self.rng.randrange(core.PATTERN_SIZE), t)
             self.sessions[s.fd] = s
             self.ep.register(s.fd, _OUT)
 
     def on_connected(self, s: Session, t: float) -> None:
         """connecting -> open, or -> closed when the connect failed."""
-        err = s.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self.fail(s, ERRNO_KIND.get(err, "other"), f"connect: {errno_text(err)}")
+        failed = core.connect_error(s.sock)
+        if failed:
+            self.fail(s, *failed)
             self.backoff_until = t + CONNECT_BACKOFF
             return
         us = int((t - s.t_connect) * 1e6)
@@ -211,19 +192,21 @@ class LongLived:
         connection failed and is gone.
         """
         try:
-            data = s.sock.recv(STREAM_CHUNK)
+            data = s.sock.recv(core.STREAM_CHUNK)
         except BlockingIOError:
             return True
         except OSError as exc:
-            self.fail(s, classify(exc), f"recv: {exc}")
+            self.fail(s, core.classify(exc), f"recv: {exc}")
             return False
         n = len(data)
         if not n:
             self.fail(s, "short_echo", f"EOF with {s.sent - s.verified} bytes unechoed")
             return False
-        p = (s.offset + s.verified) % PATTERN_SIZE
+        p = (s.offset + s.verified) % core.PATTERN_SIZE
         if s.verified + n > s.sent or data != self.doubled[p : p + n]:
-            self.fail(s, "wrong_echo", describe_mismatch(data, self.view, p, s.verified, s.sent))
+            self.fail(
+                s, "wrong_echo", core.describe_mismatch(data, self.view, p, s.verified, s.sent)
+            )
             return False
         s.verified += n
         s.t_progress = t
@@ -239,24 +222,32 @@ class LongLived:
 
     def on_writable(self, s: Session) -> bool:
         """Send what the connection may send now. False when it failed and is gone."""
-        room = min(self.limit(s) - s.sent, STREAM_CHUNK)
+        room = min(self.limit(s) - s.sent, core.STREAM_CHUNK)
         if room <= 0:
             return True
-        p = (s.offset + s.sent) % PATTERN_SIZE
+        p = (s.offset + s.sent) % core.PATTERN_SIZE
         try:
             n = s.sock.send(self.view[p : p + room])
         except BlockingIOError:
             return True
         except OSError as exc:
-            self.fail(s, classify(exc), f"send: {exc}")
+            self.fail(s, core.classify(exc), f"send: {exc}")
             return False
         s.sent += n
         self.stats.bytes_sent += n
         return True
 
     def limit(self, s: Session) -> int:
-        """How far the connection may send: a window ahead (stream), or its round trips."""
-        return s.verified + STREAM_WINDOW if self.streaming else s.target
+        """How far the connection may send: a window ahead (stream; at the end, no further),
+        or as far as its round trips reach."""
+        if self.streaming:
+            return s.sent if self.draining else s.verified + STREAM_WINDOW
+        return s.target
+
+    @staticmethod
+    def outstanding(s: Session) -> bool:
+        """Whether the connection still waits for echoes (sent, or asked for and not sent)."""
+        return s.verified < max(s.sent, s.target)
 
     def want(self, s: Session, mask: int | None = None) -> None:
         """Input interest always; output interest only while there is something to send."""
@@ -330,45 +321,51 @@ class LongLived:
         timeout = self.plan.timeout
         for s in list(self.sessions.values()):
             connecting = s.state is CONNECTING
-            if (connecting or s.verified < max(s.sent, s.target)) and now - s.t_progress > timeout:
+            if (connecting or self.outstanding(s)) and now - s.t_progress > timeout:
                 what = "connect" if connecting else f"echo ({s.sent - s.verified} bytes due)"
                 self.fail(s, "timeout", f"{what}: no progress for {timeout:g}s")
         self.stats.peak_open = max(self.stats.peak_open, len(self.sessions))
         self.rep.tick(now, len(self.sessions))
 
     def drain(self) -> None:
-        """The end: stop sending, let the bytes in flight come back, then close cleanly."""
+        """The end: send only what was already asked for, let it all come back, close.
+
+        The same transitions as the run (on_event); only `limit` changes: a stream stops
+        where it is, the round trips already dealt still go out.
+        """
+        self.draining = True
         for s in list(self.sessions.values()):
             if s.state is CONNECTING:  # not a finished session, not an error
                 self.close(s)
             else:
-                self.want(s, _IN)
+                self.want(s)
         end = time.monotonic() + self.plan.timeout
         stop_flag = self.rep.stop_flag
-        while any(s.sent > s.verified for s in self.sessions.values()):
+        while any(self.outstanding(s) for s in self.sessions.values()):
             now = time.monotonic()
             if now >= end or stop_flag.value:
                 break
-            for fd, _ev in self.ep.poll(POLL):
+            for fd, ev in self.ep.poll(POLL):
                 drained = self.sessions.get(fd)
                 if drained is not None:
-                    self.on_readable(drained, time.monotonic())
+                    self.on_event(drained, ev, time.monotonic())
             self.rep.tick(now, len(self.sessions))
         for s in list(self.sessions.values()):
-            if s.sent == s.verified:
+            if not self.outstanding(s):
                 self.stats.ok += 1
                 self.close(s)
             elif stop_flag.value:
                 self.stats.abandoned += 1
                 self.close(s)
             else:
-                self.fail(s, "timeout", f"{s.sent - s.verified} bytes never came back")
+                due = max(s.sent, s.target) - s.verified
+                self.fail(s, "timeout", f"{due} bytes never came back")
 
     def abandon(self) -> None:
         """A stop signal: close every connection now. One with echoes outstanding counts as
         abandoned; an open one with none was fine to the end (ok)."""
         for s in list(self.sessions.values()):
-            if s.state is OPEN and s.verified < max(s.sent, s.target):
+            if s.state is OPEN and self.outstanding(s):
                 self.stats.abandoned += 1
             elif s.state is OPEN:
                 self.stats.ok += 1
