@@ -12,6 +12,7 @@ import time
 from echolab import hdr
 from echolab.load_core import (
     LATE_GRACE,
+    PACED_BATCH,
     PATTERN_SIZE,
     Plan,
     Reporter,
@@ -81,6 +82,7 @@ def rate_loop(plan: Plan, pattern: bytes, stats: Stats, rep: Reporter, start: fl
     started = ok = bytes_ok = cmax = lmax = gmax = slot_waits = 0
     next_sweep = start + SWEEP
     backoff_until = 0.0
+    batch = PACED_BATCH if paced else -1  # closed loop: as many as epoll has
 
     def fail(fd: int, c: _Conn, kind: str, detail: str) -> None:
         del conns[fd]
@@ -138,7 +140,7 @@ def rate_loop(plan: Plan, pattern: bytes, stats: Stats, rep: Reporter, start: fl
             wait = min(SWEEP, max(0.0, next_at - mono()))
         else:
             wait = SWEEP if conns else BACKOFF
-        for fd, ev in ep.poll(wait):
+        for fd, ev in ep.poll(wait, batch):
             c = conns[fd]
             sock = c.sock
             if c.sent < size:

@@ -102,6 +102,7 @@ class LongLived:
         self.turn = 0
         self.backoff_until = 0.0
         self.draining = False
+        self.batch = core.PACED_BATCH if self.paced else -1
 
     # --- the loop -----------------------------------------------------------------------
     def run(self) -> None:
@@ -117,7 +118,7 @@ class LongLived:
                 break
             if now >= self.backoff_until:
                 self.open_sessions()
-            for fd, ev in self.ep.poll(self.wait(now)):
+            for fd, ev in self.ep.poll(self.wait(now), self.batch):
                 s = self.sessions.get(fd)
                 if s is not None:
                     self.on_event(s, ev, mono())
