@@ -47,6 +47,11 @@ class _Conn:
 
 
 def rate_loop(plan: Plan, pattern: bytes, stats: Stats, rep: Reporter, start: float) -> None:
+    """Rate mode, closed or open loop, until the deadline, the budget or a stop signal."""
+    RateLoop(plan, pattern, stats, rep, start).run()
+
+
+class RateLoop:
     """Keep `clients` connections in flight (closed loop), or start them on the schedule of
     `plan.rate` (open loop, at most `clients` open); each echoes one payload.
 
@@ -54,170 +59,217 @@ def rate_loop(plan: Plan, pattern: bytes, stats: Stats, rep: Reporter, start: fl
     completion is the first output edge, the echo the input edges; closing the socket
     removes it from the epoll set. About seven system calls per connection.
     """
-    # Over the length rule on purpose: this is the generator's hot path (bench/loadgen.py
-    # holds it to the C client's rate). Its state lives in locals and the per-event work is
-    # written inline, because a call or an attribute lookup per event costs rate.
-    ep = select.epoll()
-    conns: dict[int, _Conn] = {}
-    size = plan.payload
-    if size < PATTERN_SIZE:
-        source, span = pattern, PATTERN_SIZE - size + 1
-    else:  # payloads over a MiB repeat the pattern
-        source, span = (pattern * (size // PATTERN_SIZE + 1))[:size], 1
-    view = memoryview(source)
-    budget = plan.connections  # None: run until the deadline
-    deadline = start + plan.duration if plan.duration is not None else math.inf
-    timeout, cap = plan.timeout, plan.clients
-    mono, record = time.monotonic, hdr.record
-    chist, lat, lagh = stats.connect, rep.latency, rep.lag
-    stop_flag = rep.stop_flag
-    events_mask = _EPOLLIN | _EPOLLOUT | _EPOLLET
-    paced = plan.rate is not None
-    first, period = plan.schedule(max(start, mono())) if paced else (0.0, 0.0)
-    next_at = first  # open loop: when the next start is due
-    # Open loop: starts due before the deadline may still begin a moment after it (epoll
-    # wakes in whole milliseconds), never later: a generator behind does not catch up then.
-    last_start = deadline + LATE_GRACE if paced else deadline
-    capped_at = -1.0  # open loop: starts due by then found every slot busy
-    started = ok = bytes_ok = cmax = lmax = gmax = slot_waits = 0
-    next_sweep = start + SWEEP
-    backoff_until = 0.0
-    batch = PACED_BATCH if paced else -1  # closed loop: as many as epoll has
 
-    def fail(fd: int, c: _Conn, kind: str, detail: str) -> None:
-        del conns[fd]
-        c.sock.close()
-        stats.error(kind, detail)
+    def __init__(self, plan: Plan, pattern: bytes, stats: Stats, rep: Reporter, start: float):
+        self.plan, self.stats, self.rep, self.start = plan, stats, rep, start
+        self.ep = select.epoll()
+        self.conns: dict[int, _Conn] = {}
+        size = plan.payload
+        if size < PATTERN_SIZE:
+            self.source, self.span = pattern, PATTERN_SIZE - size + 1
+        else:  # payloads over a MiB repeat the pattern
+            self.source, self.span = (pattern * (size // PATTERN_SIZE + 1))[:size], 1
+        self.view = memoryview(self.source)
+        self.deadline = start + plan.duration if plan.duration is not None else math.inf
+        self.paced = plan.rate is not None
+        # Open loop: starts due before the deadline may still begin a moment after it (epoll
+        # wakes in whole milliseconds), never later: a generator behind does not catch up.
+        self.last_start = self.deadline + LATE_GRACE if self.paced else self.deadline
+        self.first, self.period = (
+            plan.schedule(max(start, time.monotonic())) if self.paced else (0.0, 0.0)
+        )
+        self.next_at = self.first  # open loop: when the next start is due
+        self.capped_at = -1.0  # open loop: starts due by then found every connection busy
+        self.started = 0
+        self.backoff_until = 0.0
 
-    def open_one(t0: float, t: float, off: int) -> bool:
-        """Start one connection; count the error and return False when that fails at once."""
-        nonlocal backoff_until
-        sock = start_connect(plan, stats)
-        if sock is None:
-            backoff_until = t + BACKOFF
-            return False
-        fd = sock.fileno()
-        conns[fd] = _Conn(sock, t0, t, off)
-        ep.register(fd, events_mask)
-        return True
-
-    while True:
-        now = mono()
-        if stop_flag.value:  # a signal: abandon what is in flight
-            break
-        if paced and now < last_start:  # every start now due, each timed from its schedule
-            burst = BURST  # then poll: a generator far behind still sees events and signals
-            while next_at <= now and next_at < deadline and (budget is None or started < budget):
-                if len(conns) >= cap:
-                    capped_at = now
-                    break
-                if not burst:
-                    break
-                burst -= 1
-                t = mono()
-                if next_at <= capped_at:
-                    slot_waits += 1  # it waited for a free slot: the server's doing, not ours
-                else:
-                    us = int((t - next_at) * 1e6)  # our own lag
-                    record(lagh, us)
-                    gmax = max(gmax, us)
-                open_one(next_at, t, (started * 7919) % span)
-                started += 1
-                next_at = first + started * period
-        elif not paced and now < deadline and now >= backoff_until:  # top up those in flight
-            while len(conns) < cap and (budget is None or started < budget):
-                t = mono()
-                started += 1
-                if not open_one(t, t, (started * 7919) % span):
-                    break
-        if not conns and (
-            now >= last_start
-            or (budget is not None and started >= budget)
-            or (paced and next_at >= deadline)
-        ):
-            break
-        if paced and len(conns) < cap and next_at < deadline:
-            wait = min(SWEEP, max(0.0, next_at - mono()))
-        else:
-            wait = SWEEP if conns else BACKOFF
-        for fd, ev in ep.poll(wait, batch):
-            c = conns[fd]
-            sock = c.sock
-            if c.sent < size:
-                if ev & _EPOLLERR and not c.sent:
-                    failed = connect_error(sock)
-                    if failed:
-                        fail(fd, c, *failed)
-                        continue
-                try:
-                    n = sock.send(view[c.off + c.sent : c.off + size])
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    fail(fd, c, classify(exc), f"send: {exc}")
-                    continue
-                if not c.sent:  # the connect completed
-                    us = int((mono() - c.t_start) * 1e6)
-                    record(chist, us)
-                    cmax = max(cmax, us)
-                c.sent += n
-                if not ev & _EPOLLIN:
-                    continue
-            # Read what came back and check it against what was sent.
-            while True:
-                try:
-                    data = sock.recv(65536)
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    fail(fd, c, classify(exc), f"recv after {c.got} of {size} bytes: {exc}")
-                    break
-                n = len(data)
-                if not n:
-                    fail(fd, c, "short_echo", f"EOF after {c.got} of {size} bytes")
-                    break
-                at = c.off + c.got
-                if c.got + n > c.sent or data != source[at : at + n]:
-                    fail(fd, c, "wrong_echo", describe_mismatch(data, view, at, c.got, size))
-                    break
-                c.got += n
-                if c.got == size:
-                    us = int((mono() - c.t0) * 1e6)
-                    record(lat, us)
-                    lmax = max(lmax, us)
-                    del conns[fd]
-                    sock.close()
-                    ok += 1
-                    bytes_ok += size
-                    break
-                if c.sent < size:  # a large payload: send more before reading on
+    def run(self) -> None:
+        """The loop: start connections, handle their events, sweep; then count the end."""
+        # Over the length rule on purpose: this is the generator's hot path (bench/loadgen.py
+        # holds it to the C client's rate). What happens per event is written inline with
+        # local names, because a call or an attribute lookup per event costs rate.
+        conns, ep, size, source, view = (
+            self.conns,
+            self.ep,
+            self.plan.payload,
+            self.source,
+            self.view,
+        )
+        mono, record = time.monotonic, hdr.record
+        chist, lat, stop_flag = self.stats.connect, self.rep.latency, self.rep.stop_flag
+        batch = PACED_BATCH if self.paced else -1  # closed loop: as many as epoll has
+        ok = bytes_ok = cmax = lmax = 0
+        next_sweep = self.start + SWEEP
+        fail = self.fail
+        while True:
+            now = mono()
+            if stop_flag.value:  # a signal: abandon what is in flight
+                break
+            if self.paced:
+                if now < self.last_start:
+                    self.start_due(now)
+            elif now < self.deadline and now >= self.backoff_until:
+                self.top_up()
+            if not conns and self.finished(now):
+                break
+            for fd, ev in ep.poll(self.wait(), batch):
+                c = conns[fd]
+                sock = c.sock
+                if c.sent < size:
+                    if ev & _EPOLLERR and not c.sent:
+                        failed = connect_error(sock)
+                        if failed:
+                            fail(fd, c, *failed)
+                            continue
                     try:
-                        c.sent += sock.send(view[c.off + c.sent : c.off + size])
+                        n = sock.send(view[c.off + c.sent : c.off + size])
                     except BlockingIOError:
-                        pass
+                        continue
                     except OSError as exc:
                         fail(fd, c, classify(exc), f"send: {exc}")
+                        continue
+                    if not c.sent:  # the connect completed
+                        us = int((mono() - c.t_start) * 1e6)
+                        record(chist, us)
+                        cmax = max(cmax, us)
+                    c.sent += n
+                    if not ev & _EPOLLIN:
+                        continue
+                # Read what came back and check it against what was sent.
+                while True:
+                    try:
+                        data = sock.recv(65536)
+                    except BlockingIOError:
                         break
-        now = mono()
-        if now >= next_sweep:
-            next_sweep = now + SWEEP
-            for fd, c in list(conns.items()):
-                if now - c.t_start > timeout:
-                    what = "connect" if not c.sent else f"echo ({c.got} of {size} bytes back)"
-                    fail(fd, c, "timeout", f"{what} took over {timeout:g}s")
-            stats.ok, stats.bytes_verified, stats.bytes_sent = ok, bytes_ok, bytes_ok
-            stats.connect_max, stats.latency_max, stats.lag_max = cmax, lmax, gmax
-            stats.peak_open = max(stats.peak_open, len(conns))
-            rep.tick(now, len(conns))
-    now = mono()
-    stats.abandoned = len(conns)
-    for c in conns.values():
+                    except OSError as exc:
+                        fail(fd, c, classify(exc), f"recv after {c.got} of {size} bytes: {exc}")
+                        break
+                    n = len(data)
+                    if not n:
+                        fail(fd, c, "short_echo", f"EOF after {c.got} of {size} bytes")
+                        break
+                    at = c.off + c.got
+                    if c.got + n > c.sent or data != source[at : at + n]:
+                        fail(fd, c, "wrong_echo", describe_mismatch(data, view, at, c.got, size))
+                        break
+                    c.got += n
+                    if c.got == size:
+                        us = int((mono() - c.t0) * 1e6)
+                        record(lat, us)
+                        lmax = max(lmax, us)
+                        del conns[fd]
+                        sock.close()
+                        ok += 1
+                        bytes_ok += size
+                        break
+                    if c.sent < size:  # a large payload: send more before reading on
+                        try:
+                            c.sent += sock.send(view[c.off + c.sent : c.off + size])
+                        except BlockingIOError:
+                            pass
+                        except OSError as exc:
+                            fail(fd, c, classify(exc), f"send: {exc}")
+                            break
+            now = mono()
+            if now >= next_sweep:
+                next_sweep = now + SWEEP
+                self.sweep(now, ok, bytes_ok, cmax, lmax)
+        self.finish(mono(), ok, bytes_ok, cmax, lmax)
+
+    def start_due(self, now: float) -> None:
+        """Open loop: every start now due, each timed from its schedule (at most BURST, then
+        poll: a generator far behind still sees its events and the stop flag)."""
+        plan, stats, conns, budget = self.plan, self.stats, self.conns, self.plan.connections
+        for _ in range(BURST):
+            if self.next_at > now or self.next_at >= self.deadline:
+                return
+            if budget is not None and self.started >= budget:
+                return
+            if len(conns) >= plan.clients:
+                self.capped_at = now
+                return
+            t = time.monotonic()
+            if self.next_at <= self.capped_at:
+                stats.slot_waits += 1  # it waited for a free connection: the server's doing
+            else:
+                us = int((t - self.next_at) * 1e6)  # our own lag
+                hdr.record(self.rep.lag, us)
+                stats.lag_max = max(stats.lag_max, us)
+            self.open_one(self.next_at, t)
+            self.started += 1
+            self.next_at = self.first + self.started * self.period
+
+    def top_up(self) -> None:
+        """Closed loop: back to `clients` connections in flight."""
+        budget = self.plan.connections
+        while len(self.conns) < self.plan.clients and (budget is None or self.started < budget):
+            t = time.monotonic()
+            self.started += 1
+            if not self.open_one(t, t):
+                break
+
+    def open_one(self, t0: float, t: float) -> bool:
+        """Start one connection, timed from `t0`; False when it failed at once (counted)."""
+        sock = start_connect(self.plan, self.stats)
+        if sock is None:
+            self.backoff_until = t + BACKOFF
+            return False
+        fd = sock.fileno()
+        self.conns[fd] = _Conn(sock, t0, t, (self.started * 7919) % self.span)
+        self.ep.register(fd, _EPOLLIN | _EPOLLOUT | _EPOLLET)
+        return True
+
+    def fail(self, fd: int, c: _Conn, kind: str, detail: str) -> None:
+        del self.conns[fd]
         c.sock.close()
-    stats.ok, stats.bytes_verified, stats.bytes_sent = ok, bytes_ok, bytes_ok
-    stats.connect_max, stats.latency_max, stats.lag_max = cmax, lmax, gmax
-    stats.started, stats.slot_waits = started, slot_waits
-    if paced:
-        end = min(now, deadline)
-        count_schedule(stats, end, (first, period), budget=budget, blocked=next_at <= capped_at)
-    stats.elapsed = now - start
-    ep.close()
+        self.stats.error(kind, detail)
+
+    def wait(self) -> float:
+        """How long epoll may wait: until the next start is due, in an open loop."""
+        if self.paced and len(self.conns) < self.plan.clients and self.next_at < self.deadline:
+            return min(SWEEP, max(0.0, self.next_at - time.monotonic()))
+        return SWEEP if self.conns else BACKOFF
+
+    def finished(self, now: float) -> bool:
+        """With nothing in flight: whether there is nothing more to start either."""
+        budget = self.plan.connections
+        return (
+            now >= self.last_start
+            or (budget is not None and self.started >= budget)
+            or (self.paced and self.next_at >= self.deadline)
+        )
+
+    def sweep(self, now: float, ok: int, bytes_ok: int, cmax: int, lmax: int) -> None:
+        """Every SWEEP: time out connections over --timeout, publish the tallies."""
+        timeout, size = self.plan.timeout, self.plan.payload
+        for fd, c in list(self.conns.items()):
+            if now - c.t_start > timeout:
+                what = "connect" if not c.sent else f"echo ({c.got} of {size} bytes back)"
+                self.fail(fd, c, "timeout", f"{what} took over {timeout:g}s")
+        self.tally(ok, bytes_ok, cmax, lmax)
+        self.stats.peak_open = max(self.stats.peak_open, len(self.conns))
+        self.rep.tick(now, len(self.conns))
+
+    def tally(self, ok: int, bytes_ok: int, cmax: int, lmax: int) -> None:
+        stats = self.stats
+        stats.ok, stats.bytes_verified, stats.bytes_sent = ok, bytes_ok, bytes_ok
+        stats.connect_max, stats.latency_max = cmax, lmax
+
+    def finish(self, now: float, ok: int, bytes_ok: int, cmax: int, lmax: int) -> None:
+        """The end: close what a signal left in flight, count the schedule, the time."""
+        stats = self.stats
+        stats.abandoned = len(self.conns)
+        for c in self.conns.values():
+            c.sock.close()
+        self.tally(ok, bytes_ok, cmax, lmax)
+        stats.started = self.started
+        if self.paced:
+            count_schedule(
+                stats,
+                min(now, self.deadline),
+                (self.first, self.period),
+                budget=self.plan.connections,
+                blocked=self.next_at <= self.capped_at,
+            )
+        stats.elapsed = now - self.start
+        self.ep.close()
