@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -32,6 +33,12 @@ from run import HERE, PAYLOAD, Peer, Server, clean_env, progress, run_client
 
 OPEN_FRACTION = 0.8  # the target: the open loop holds its schedule at 80% of the closed max
 OPEN_CAP = 512  # --clients for the open-loop runs: room for bursts, never the limit
+
+
+def children_cpu_s() -> float:
+    """CPU seconds (user + system) of every child process waited for so far, with theirs."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def echolab_load(echolab: str, args: list[str], timeout: float) -> dict[str, object]:
@@ -91,8 +98,10 @@ def open_loop_run(echolab: str, target: str, rate: float, seconds: float) -> dic
     }
 
 
-def closed_rate(args: argparse.Namespace, echolab: str, target: str) -> float:
-    """`echolab load --mode rate` in a closed loop, as the C client runs: its conn/s."""
+def closed_rate(args: argparse.Namespace, echolab: str, target: str) -> tuple[float, float]:
+    """`echolab load --mode rate` in a closed loop, as the C client runs: its conn/s, and the
+    CPU microseconds per connection of its processes (steadier than rates on a busy machine)."""
+    cpu = children_cpu_s()
     data = echolab_load(
         echolab,
         [
@@ -101,7 +110,8 @@ def closed_rate(args: argparse.Namespace, echolab: str, target: str) -> float:
         ],
         timeout=600,
     )  # fmt: skip
-    return float(data["conn_per_s"])  # type: ignore[arg-type]
+    per_conn = (children_cpu_s() - cpu) * 1e6 / args.connections
+    return float(data["conn_per_s"]), per_conn  # type: ignore[arg-type]
 
 
 def one_round(args: argparse.Namespace, rnd: str, logdir: Path, out: dict[str, list]) -> None:
@@ -111,6 +121,7 @@ def one_round(args: argparse.Namespace, rnd: str, logdir: Path, out: dict[str, l
         logdir,
     )
     try:
+        cpu = children_cpu_s()
         c = run_client(
             [
                 str(Path(args.bin) / "echo_load"), "rate", server.target,
@@ -118,18 +129,25 @@ def one_round(args: argparse.Namespace, rnd: str, logdir: Path, out: dict[str, l
             ],
             timeout=600,
         )  # fmt: skip
+        c_cpu = (children_cpu_s() - cpu) * 1e6 / args.connections
         c_rate = float(c["conn_per_s"])  # type: ignore[arg-type]
-        e_rate = closed_rate(args, args.echolab, server.target)
+        e_rate, e_cpu = closed_rate(args, args.echolab, server.target)
         out["c_client"].append(c_rate)
         out["echolab_closed"].append(e_rate)
+        out["cpu_c_client"].append(c_cpu)
+        out["cpu_echolab_closed"].append(e_cpu)
         progress(
-            f"{rnd} C client {c_rate:,.0f} conn/s, echolab load (closed loop) {e_rate:,.0f} "
-            f"conn/s ({e_rate / c_rate:.2f}x)"
+            f"{rnd} C client {c_rate:,.0f} conn/s ({c_cpu:.0f} us CPU/conn), echolab load "
+            f"(closed loop) {e_rate:,.0f} conn/s ({e_cpu:.0f} us CPU/conn; {e_rate / c_rate:.2f}x)"
         )
         if args.baseline:
-            b_rate = closed_rate(args, args.baseline, server.target)
+            b_rate, b_cpu = closed_rate(args, args.baseline, server.target)
             out["baseline_closed"].append(b_rate)
-            progress(f"{rnd} baseline echolab load {b_rate:,.0f} conn/s ({b_rate / c_rate:.2f}x)")
+            out["cpu_baseline_closed"].append(b_cpu)
+            progress(
+                f"{rnd} baseline echolab load {b_rate:,.0f} conn/s ({b_cpu:.0f} us CPU/conn; "
+                f"{b_rate / c_rate:.2f}x)"
+            )
         if not args.open:
             return
         for frac in args.fractions:
@@ -147,17 +165,22 @@ def one_round(args: argparse.Namespace, rnd: str, logdir: Path, out: dict[str, l
 
 def render(args: argparse.Namespace, out: dict[str, list]) -> str:
     c, e = out["c_client"], out["echolab_closed"]
+
+    def cpu(key: str) -> str:
+        return f"{statistics.median(out[key]):,.0f}" if out[key] else "—"
+
     lines = [
         f"# echolab load benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
         f"C fork server; {args.connections} connections of {PAYLOAD} B, {args.clients} in "
         f"flight; medians of {len(c)} round(s).",
         "",
-        "| client | conn/s (median) | every round |",
-        "|---|---:|---|",
-        f"| C epoll client | {statistics.median(c):,.0f} | {' / '.join(f'{v:,.0f}' for v in c)} |",
+        "| client | conn/s (median) | client CPU us/conn (median) | conn/s, every round |",
+        "|---|---:|---:|---|",
+        f"| C epoll client | {statistics.median(c):,.0f} | {cpu('cpu_c_client')} | "
+        f"{' / '.join(f'{v:,.0f}' for v in c)} |",
         f"| echolab load, closed loop | {statistics.median(e):,.0f} | "
-        f"{' / '.join(f'{v:,.0f}' for v in e)} |",
+        f"{cpu('cpu_echolab_closed')} | {' / '.join(f'{v:,.0f}' for v in e)} |",
         "",
         f"echolab load / C client: {statistics.median(e) / statistics.median(c):.2f}x",
     ]
@@ -165,7 +188,7 @@ def render(args: argparse.Namespace, out: dict[str, list]) -> str:
         b = out["baseline_closed"]
         lines[-3:-3] = [
             f"| baseline ({args.baseline}) | {statistics.median(b):,.0f} | "
-            f"{' / '.join(f'{v:,.0f}' for v in b)} |"
+            f"{cpu('cpu_baseline_closed')} | {' / '.join(f'{v:,.0f}' for v in b)} |"
         ]
         lines.append(f"baseline / C client: {statistics.median(b) / statistics.median(c):.2f}x")
     if out["open"]:
@@ -219,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     logdir = Path(args.out) / "logs" / f"loadgen-{stamp}"
     logdir.mkdir(parents=True, exist_ok=True)
-    out: dict[str, list] = {"c_client": [], "echolab_closed": [], "baseline_closed": [], "open": []}
+    keys = ("c_client", "echolab_closed", "baseline_closed", "open")
+    out: dict[str, list] = {k: [] for k in keys + tuple(f"cpu_{k}" for k in keys[:3])}
     for r in range(1, args.rounds + 1):
         one_round(args, f"round {r}/{args.rounds}", logdir, out)
     md = render(args, out)
