@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import select
 import socket
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -226,6 +227,22 @@ def count_schedule(
         stats.slot_waits += unstarted
     else:
         stats.behind = unstarted
+
+
+def poll_events(
+    ep: select.epoll, timeout: float, batch: int, *, precise: bool
+) -> list[tuple[int, int]]:
+    """epoll's ready events, waiting at most `timeout` seconds.
+
+    epoll_wait counts whole milliseconds, rounded up: an open loop waiting for its next start
+    would begin it up to a millisecond late, which on loopback is ten times an echo's round
+    trip. `precise` waits in select() on the epoll descriptor (readable when it has events),
+    whose timeout is in microseconds, then collects the events without waiting.
+    """
+    if precise and timeout > 0:
+        select.select([ep.fileno()], [], [], timeout)
+        timeout = 0
+    return ep.poll(timeout, batch)
 
 
 def classify(exc: OSError) -> str:

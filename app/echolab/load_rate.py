@@ -21,6 +21,7 @@ from echolab.load_core import (
     connect_error,
     count_schedule,
     describe_mismatch,
+    poll_events,
     start_connect,
 )
 
@@ -112,7 +113,7 @@ class RateLoop:
                 self.top_up()
             if not conns and self.finished(now):
                 break
-            for fd, ev in ep.poll(self.wait(), batch):
+            for fd, ev in poll_events(ep, self.wait(), batch, precise=self.paced):
                 c = conns[fd]
                 sock = c.sock
                 if c.sent < size:

@@ -118,7 +118,8 @@ class LongLived:
                 break
             if now >= self.backoff_until:
                 self.open_sessions()
-            for fd, ev in self.ep.poll(self.wait(now), self.batch):
+            events = core.poll_events(self.ep, self.wait(now), self.batch, precise=self.paced)
+            for fd, ev in events:
                 s = self.sessions.get(fd)
                 if s is not None:
                     self.on_event(s, ev, mono())
