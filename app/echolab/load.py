@@ -52,6 +52,9 @@ MIN_INTERVAL = 0.05  # --interval: workers flush an interval at most every 50 ms
 # Rate mode keeps one payload-sized copy of its pattern per worker: bound it, so that a typo
 # cannot ask for more memory than a lab container has (bulk data is what stream mode is for).
 MAX_PAYLOAD = 64 << 20
+# Counts beyond these are typos, not plans (and beyond 2**53 they lose precision as floats).
+MAX_RATE = 10**9  # starts a second
+MAX_CONNECTIONS = 2**53
 START_TIMEOUT = 30.0  # seconds for the workers to get ready
 STOP_GRACE = 5.0  # seconds the workers get to report after a stop signal, before SIGKILL
 PLOT_SUFFIXES = (".svg", ".png")
@@ -111,39 +114,56 @@ def run(args: argparse.Namespace) -> int:
 
 # --- before the run -----------------------------------------------------------------------
 def check_options(args: argparse.Namespace) -> float | None:
-    """Reject combinations the parser cannot see (one line, exit 2); return the duration
-    (None: rate mode runs for --connections)."""
-    mode: str = args.mode
+    """Reject what the parser cannot see (one line, exit 2); return the duration (None: rate
+    mode runs for --connections)."""
+    _check_sizes(args)
+    _check_latency_options(args)
+    if args.connections is None and args.duration is None:
+        return DEFAULT_DURATION
+    return args.duration  # type: ignore[no-any-return]
 
-    def usage(text: str) -> EcholabError:
-        return EcholabError(text, EXIT_USAGE)
 
-    if mode != "rate" and args.connections is not None:
-        raise usage("--connections applies to --mode rate only; use --duration")
+def _usage(text: str) -> EcholabError:
+    return EcholabError(text, EXIT_USAGE)
+
+
+def _check_sizes(args: argparse.Namespace) -> None:
+    """How much and how long: within what a run (and this machine) can mean."""
+    if args.mode != "rate" and args.connections is not None:
+        raise _usage("--connections applies to --mode rate only; use --duration")
+    if args.rate is not None and args.rate > MAX_RATE:
+        raise _usage(f"--rate: at most {MAX_RATE:,} a second")
+    if args.connections is not None and args.connections > MAX_CONNECTIONS:
+        raise _usage(f"--connections: at most {MAX_CONNECTIONS:,}")
+    if args.timeout <= 0:
+        raise _usage("--timeout must be more than 0")
+    if args.duration is not None and args.duration <= 0:
+        raise _usage("--duration must be more than 0")
     if args.payload > MAX_PAYLOAD:
-        raise usage(f"--payload {args.payload}: at most {MAX_PAYLOAD} bytes (bulk: --mode stream)")
+        raise _usage(f"--payload: at most {MAX_PAYLOAD:,} bytes (bulk data: --mode stream)")
+    per_worker = split(args.clients, worker_count(args))[0]
+    if per_worker + 64 > fd_limit():
+        raise _usage(
+            f"--clients {args.clients}: {per_worker} connections per worker need more than the "
+            f"{fd_limit()} descriptors a process may open (ulimit -n); use more --workers"
+        )
+
+
+def _check_latency_options(args: argparse.Namespace) -> None:
+    """--interval, the thresholds, --latency-csv and --plot (and the plot extra)."""
     if args.interval < MIN_INTERVAL:
-        raise usage(f"--interval {args.interval:g}s: at least {MIN_INTERVAL * 1000:g}ms")
+        raise _usage(f"--interval {args.interval:g}s: at least {MIN_INTERVAL * 1000:g}ms")
     has_limit = args.max_p99 is not None or args.max_p999 is not None
-    if has_limit and mode == "stream" and args.rate is None:
-        raise usage("--max-p99/--max-p999 need latencies: stream mode has them with --rate only")
+    if has_limit and args.mode == "stream" and args.rate is None:
+        raise _usage("--max-p99/--max-p999 need latencies: stream mode has them with --rate only")
     if args.latency_csv == "-":
-        raise usage("--latency-csv needs a file name")
+        raise _usage("--latency-csv needs a file name")
     if args.plot and not args.plot.endswith(PLOT_SUFFIXES):
-        raise usage(f"--plot {args.plot}: the file name must end in .svg or .png")
+        raise _usage(f"--plot {args.plot}: the file name must end in .svg or .png")
     if args.plot:
         from echolab import load_plot
 
         load_plot.require()
-    per_worker = split(args.clients, worker_count(args))[0]
-    if per_worker + 64 > fd_limit():
-        raise usage(
-            f"--clients {args.clients}: {per_worker} connections per worker need more than the "
-            f"{fd_limit()} descriptors a process may open (ulimit -n); use more --workers"
-        )
-    if args.connections is None and args.duration is None:
-        return DEFAULT_DURATION
-    return args.duration  # type: ignore[no-any-return]
 
 
 def check_outputs(args: argparse.Namespace) -> None:

@@ -130,13 +130,17 @@ class LongLived:
             if now >= next_tick:
                 next_tick = now + TICK
                 self.sweep(now)
-        self.stats.elapsed = mono() - self.start
+        self.finish(mono())
+
+    def finish(self, now: float) -> None:
+        """The end: count the schedule; drain, or on a stop signal abandon; close."""
+        self.stats.elapsed = now - self.start
         if self.paced:
-            end = min(mono(), self.deadline)
+            end = min(now, self.deadline)
             blocked = self.next_at <= self.capped_at
             schedule = (self.first, self.period)
             core.count_schedule(self.stats, end, schedule, budget=None, blocked=blocked)
-        if stop_flag.value:
+        if self.rep.stop_flag.value:
             self.abandon()
         else:
             self.drain()

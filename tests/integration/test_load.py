@@ -377,6 +377,10 @@ def test_unreachable_target_is_one_line_and_exit_2() -> None:
         ["--json", "/nonexistent-dir/out.json"],
         ["--latency-csv", "/proc/out.csv"],
         ["--plot", "/nonexistent-dir/out.svg"],
+        ["--rate", "1" + "0" * 400],  # beyond a float: was an OverflowError traceback
+        ["--connections", "1" + "0" * 400],
+        ["--timeout", "0", "--connections", "5"],
+        ["--duration", "0"],
     ],
 )
 def test_bad_arguments_exit_2(args: list[str]) -> None:
