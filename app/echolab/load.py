@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         )
         csv_out = LatencyCsv(args.latency_csv) if args.latency_csv else None
         try:
-            timeline = Timeline(len(plans), args.interval, csv_out)
+            timeline = Timeline(len(plans), args.interval, csv_out, keep=bool(args.plot))
             total = float(args.connections) if args.connections is not None else duration
             outcome = Workers(plans, intr, timeline).run(
                 lambda: Progress(

@@ -54,8 +54,11 @@ class Timeline:
     interval, as soon as every worker has reported that interval (rows go to `sink`, the
     --latency-csv writer, as they come)."""
 
-    def __init__(self, workers: int, step: float, sink: LatencyCsv | None = None) -> None:
+    def __init__(
+        self, workers: int, step: float, sink: LatencyCsv | None = None, *, keep: bool = True
+    ) -> None:
         self.step = step
+        self.keep = keep  # every row (for --plot), or only the last (for the progress line)
         self.seen = [-1] * workers  # the last interval each worker reported
         self.parts: dict[int, dict[str, Any]] = {}
         self.rows: list[dict[str, Any]] = []
@@ -88,6 +91,8 @@ class Timeline:
         last = min(upto, max(self.parts, default=-1))
         for k in range(self.next_k, last + 1):
             row = self._row(k, self.parts.pop(k, None))
+            if not self.keep:
+                self.rows.clear()
             self.rows.append(row)
             if self.sink is not None:
                 self.sink.write(row)

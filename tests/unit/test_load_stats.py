@@ -153,6 +153,14 @@ def test_an_interval_is_emitted_once_every_worker_has_reported_it() -> None:
     assert rows[2]["samples"] == 0 and rows[2]["p50_ms"] is None  # an empty interval stays
     assert rows[3]["seconds"] == pytest.approx(0.3)  # the last one was cut short
     assert sum(r["samples"] for r in rows) == 5
+    assert timeline.rows == rows  # kept for --plot
+
+
+def test_without_a_plot_the_timeline_keeps_only_the_last_row() -> None:
+    timeline = load_report.Timeline(1, 1.0, keep=False)
+    for k in range(5):
+        timeline.add(0, k, interval(k + 1.0, 1000 * (k + 1)))
+    assert [r["t_s"] for r in timeline.rows] == [4.0]
 
 
 # --- the schedule, thresholds -------------------------------------------------------------------
