@@ -43,13 +43,6 @@ def test_values_beyond_the_top_land_in_the_last_bucket() -> None:
     assert hdr.index_of(-5) == 0
 
 
-def test_the_hot_loops_inline_form_matches_index_of() -> None:
-    """load_rate.py computes the bucket inline; it must be the same bucket."""
-    for us in [*range(0, 5000), *random.Random(3).sample(range(5000, 10**10), 5000)]:
-        inline = us if us < 256 else ((us.bit_length() - 8) << 7) + (us >> (us.bit_length() - 8))
-        assert inline == hdr.index_of(us), us
-
-
 def test_percentiles_are_never_below_the_truth_and_at_most_a_bucket_above() -> None:
     rng = random.Random(7)
     samples = [int(rng.lognormvariate(7, 1.5)) for _ in range(50_000)]
