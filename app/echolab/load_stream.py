@@ -171,6 +171,9 @@ class LongLived:
             if sock is None:
                 self.backoff_until = t + CONNECT_BACKOFF
                 return
+            # Each round trip leaves when it is due: with Nagle's algorithm a small request
+            # would wait for the ACK of the one before it (up to the peer's delayed ACK, 40 ms).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             s = Session(sock, self.rng.randrange(core.PATTERN_SIZE), t)
             self.sessions[s.fd] = s
             self.ep.register(s.fd, _OUT)

@@ -52,6 +52,7 @@ while True:
                 except BlockingIOError:
                     break
                 conn.setblocking(True)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle delays
                 sel.register(conn, selectors.EVENT_READ)
             continue
         conn = key.fileobj
