@@ -9,6 +9,7 @@ import sys
 from typing import Any, TextIO
 
 from echolab import hdr
+from echolab.errors import EXIT_OS_ERROR, EcholabError
 from echolab.load_core import ERROR_KINDS
 from echolab.report import print_rows
 
@@ -126,7 +127,10 @@ class LatencyCsv:
     rows so far)."""
 
     def __init__(self, path: str) -> None:
-        self.file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+        try:
+            self.file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:  # it could be written a moment ago (load.check_outputs)
+            raise EcholabError(f"cannot write {path}: {exc.strerror}", EXIT_OS_ERROR) from None
         self.writer = csv.DictWriter(self.file, CSV_COLUMNS)
         self.writer.writeheader()
 
