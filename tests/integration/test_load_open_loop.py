@@ -165,11 +165,13 @@ def test_the_open_loop_sees_a_stall_that_the_closed_loop_hides() -> None:
 def test_open_and_closed_loop_agree_on_a_healthy_server() -> None:
     """The same server without stalls: both loops measure the same latencies, within noise.
 
-    The tolerance, 25 ms at p50 and 250 ms at p99: on this 2-core machine shared with other
-    builds (and at times a TCG VM), a runnable process waits tens of milliseconds for a CPU
-    now and then; with 16 runnable tasks we measured the load generator's own p99 lag at 60
-    ms. The stall the other test must see is 1,000 ms: the bounds stay well above the noise
-    and well below the effect.
+    The tolerance: 25 ms at p50 and 250 ms at p99, plus the open loop's own lag at that
+    percentile. On this 2-core machine shared with other builds and TCG VMs (CPU pressure
+    above 90%), a runnable process waits tens of milliseconds for a CPU now and then: the
+    server's latencies move by that much from run to run, and the open loop's latencies also
+    carry the generator's own lag (measured up to 175 ms at p99 here, under load average
+    15), which the run reports and which is therefore added, not guessed. The stall the other
+    test must see is 1,000 ms: the bounds stay above the noise and below the effect.
     """
     with stall_server(0) as port:
         target = f"127.0.0.1:{port}"
@@ -179,9 +181,10 @@ def test_open_and_closed_loop_agree_on_a_healthy_server() -> None:
         )
     assert (closed_status, open_status) == (0, 0)
     assert shut["errors_total"] == opened["errors_total"] == 0
+    lag = opened["schedule"]["lag_ms"]
     for name, tolerance in (("p50", 25), ("p99", 250)):
         a, b = shut["latency_ms"][name], opened["latency_ms"][name]
-        assert abs(a - b) <= tolerance, (name, shut["latency_ms"], opened["latency_ms"])
+        assert abs(a - b) <= tolerance + lag[name], (name, shut["latency_ms"], opened)
     assert opened["thresholds"]["p99"]["ok"] is True
     assert slow_samples(opened, 900) == 0
 
