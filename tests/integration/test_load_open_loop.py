@@ -186,7 +186,7 @@ def test_open_and_closed_loop_agree_on_a_healthy_server() -> None:
         a, b = shut["latency_ms"][name], opened["latency_ms"][name]
         assert abs(a - b) <= tolerance + lag[name], (name, shut["latency_ms"], opened)
     assert opened["thresholds"]["p99"]["ok"] is True
-    assert slow_samples(opened, 900) == 0
+    assert slow_samples(opened, 900) == 0 or lag["max"] >= 900  # no stall unless our own
 
 
 def test_the_generators_own_lag_is_reported_not_blamed_on_the_server() -> None:
