@@ -147,8 +147,11 @@ class LongLived:
         self.ep.close()
 
     def wait(self, now: float) -> float:
-        """How long epoll may wait: until the next scheduled round trip at the latest."""
-        until = min(self.deadline, self.next_at) if self.paced else self.deadline
+        """How long epoll may wait: until the next scheduled round trip at the latest, unless
+        those due are waiting for a connection to open (that is an event to wait for)."""
+        until = self.deadline
+        if self.paced and self.next_at > self.capped_at:
+            until = min(until, self.next_at)
         return max(0.0, min(POLL, until - now))
 
     def on_event(self, s: Session, ev: int, t: float) -> None:
