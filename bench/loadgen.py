@@ -41,6 +41,15 @@ def children_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def cpu_pressure() -> float | None:
+    """Share of the last 10 s in which some runnable task waited for a CPU (PSI), or None."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return float(f.readline().split()[1].split("=")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def echolab_load(echolab: str, args: list[str], timeout: float) -> dict[str, object]:
     """Run `echolab load ARGS --json FILE --no-progress`; its JSON (with 'exit' added)."""
     with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
@@ -79,6 +88,7 @@ def open_loop_run(echolab: str, target: str, rate: float, seconds: float) -> dic
         ],
         timeout=seconds + 120,
     )  # fmt: skip
+    pressure = cpu_pressure()  # the last 10 s: the run just made
     sched = data.get("schedule")
     if not isinstance(sched, dict):
         raise RuntimeError("echolab load wrote no schedule figures for --rate")
@@ -95,6 +105,7 @@ def open_loop_run(echolab: str, target: str, rate: float, seconds: float) -> dic
         "latency_p99_ms": data["latency_ms"]["p99"],  # type: ignore[index]
         "errors_total": data["errors_total"],
         "exit": data["exit"],
+        "cpu_pressure": pressure,
     }
 
 
@@ -195,16 +206,19 @@ def render(args: argparse.Namespace, out: dict[str, list]) -> str:
         lines += [
             "",
             f"Open loop (`--rate`, {args.seconds} s, `--clients {OPEN_CAP}`), as a fraction of "
-            "the same round's closed-loop maximum:",
+            "the same round's closed-loop maximum (CPU pressure: the share of the last 10 s in "
+            "which a runnable task waited for a CPU, /proc/pressure/cpu; above a few percent, "
+            "other jobs were competing):",
             "",
-            "| fraction | rate | achieved/s | lag p99 ms | lag max ms | latency p99 ms | kept |",
-            "|---:|---:|---:|---:|---:|---:|---|",
+            "| fraction | rate | achieved/s | lag p99 ms | lag max ms | latency p99 ms | kept "
+            "| CPU pressure |",
+            "|---:|---:|---:|---:|---:|---:|---|---:|",
         ]
         for r in out["open"]:
             lines.append(
                 f"| {r['fraction']:.0%} | {r['rate']:,} | {r['achieved_per_s']:,.0f} | "
                 f"{r['lag_p99_ms']} | {r['lag_max_ms']} | {r['latency_p99_ms']} | "
-                f"{'yes' if r['kept'] else 'NO'} |"
+                f"{'yes' if r['kept'] else 'NO'} | {r['cpu_pressure']}% |"
             )
     return "\n".join(lines) + "\n"
 
