@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             signum=signum,
             failures=outcome.failures,
         )
-        if args.json_file is not None:
+        if args.json_file:
             write_json(summary, args.json_file)
         print_summary(summary, summary_out)
         if summary["schedule"] is not None and not summary["schedule"]["kept"]:
@@ -173,7 +173,7 @@ def check_outputs(args: argparse.Namespace) -> None:
         ("--latency-csv", args.latency_csv),
         ("--plot", args.plot),
     ):
-        if path is None or path == "-":
+        if not path or path == "-":  # not given, or empty (an unset variable): none
             continue
         p = Path(path)
         existed = p.exists()

@@ -249,6 +249,17 @@ def test_rich_progress_and_table_on_a_terminal() -> None:
     assert "PASS" in text
 
 
+def test_empty_output_variables_mean_none() -> None:
+    """What Compose passes for an unset `${VAR:-}`: no file, not the current directory."""
+    with running_server() as srv:
+        proc = run_echolab(
+            "load", "--target", f"127.0.0.1:{srv.port}", "--connections", "20", "--no-progress",
+            env={"ECHOLAB_PLOT": "", "ECHOLAB_LATENCY_CSV": "", "ECHOLAB_JSON_FILE": ""},
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "PASS" in proc.stdout
+
+
 def test_json_to_a_file_and_target_from_the_environment(tmp_path: Path) -> None:
     out = tmp_path / "load.json"
     with running_server() as srv:
