@@ -52,6 +52,7 @@ TARGETS_RATE_FORKING = 1.5  # issue 2: conn rate >= 1.5x ForkingTCPServer
 TARGET_STREAM_C = 0.9  # issue 2: 1 and 8 streams >= 0.9x the C server
 TARGET_PSS_KIB = 400  # issue 2: PSS per connection <= 400 KiB
 TARGET_LOAD_C = 0.6  # issue 3: echolab load >= 60% of the C client's rate
+TARGET_OPEN_LOOP = 0.8  # issue 14: the open loop holds its schedule at 80% of the closed max
 
 
 @dataclass
@@ -710,11 +711,31 @@ def compare_load(args: argparse.Namespace, res: Results, rnd: str, logdir: Path)
             f"{c_rate:,.0f} conn/s, echolab load {e_rate:,.0f} conn/s "
             f"({e_rate / c_rate:.2f}x)"
         )
+        if args.open_seconds:
+            compare_open_loop(args, res, rnd, server.target, e_rate)
     except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError, KeyError) as exc:
         res.errors.append(f"load comparison: {exc}")
         progress(f"{rnd} load comparison: FAILED: {exc}")
     finally:
         server.stop()
+
+
+def compare_open_loop(
+    args: argparse.Namespace, res: Results, rnd: str, target: str, closed_rate: float
+) -> None:
+    """Issue 14: `echolab load --rate` at TARGET_OPEN_LOOP of the closed loop's rate just
+    measured, on the same server; whether it kept its schedule, by its own verdict."""
+    from loadgen import open_loop_run  # bench/loadgen.py, which imports this module's helpers
+
+    run = open_loop_run(args.echolab, target, TARGET_OPEN_LOOP * closed_rate, args.open_seconds)
+    res.load_compare.setdefault("open_loop_kept", []).append(1.0 if run["kept"] else 0.0)
+    res.load_compare.setdefault("open_loop_lag_p99_ms", []).append(float(run["lag_p99_ms"] or 0))
+    res.load_compare.setdefault("open_loop_rate", []).append(float(run["rate"]))
+    progress(
+        f"{rnd} open loop at {TARGET_OPEN_LOOP:.0%} of that ({run['rate']:,} conn/s): "
+        f"achieved {run['achieved_per_s']:,.0f}/s, its own lag p99 {run['lag_p99_ms']} ms: "
+        f"{run['verdict']}"
+    )
 
 
 # ----- report ------------------------------------------------------------------------------
@@ -798,6 +819,18 @@ def evaluate_targets(args: argparse.Namespace, res: Results) -> list[dict[str, o
                 "met": None if value is None else value >= TARGET_LOAD_C,
             }
         )
+    kept = res.load_compare.get("open_loop_kept")
+    if kept:
+        out.append(
+            {
+                "target": f"echolab load --rate holds its schedule at {TARGET_OPEN_LOOP:.0%} "
+                "of its closed-loop rate (rounds kept)",
+                "value": sum(kept) / len(kept),
+                "bar": 0.5,
+                "kind": "share",
+                "met": sum(kept) / len(kept) > 0.5,  # in the median round
+            }
+        )
     return out
 
 
@@ -854,6 +887,9 @@ def render_targets(targets: list[dict[str, object]]) -> str:
         bar = float(t["bar"])
         if value is None:
             shown, verdict = "—", "not measured"
+        elif t["kind"] == "share":
+            shown = f"{float(value):.0%}"
+            verdict = "met" if t["met"] else "MISSED"
         elif t["kind"] == "ratio":
             v = float(value)
             shown = f"{v:.2f}x"
@@ -959,6 +995,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--load-clients", type=int, default=64, help="issue 3 comparison: in flight")
     p.add_argument("--no-load-compare", dest="load_compare", action="store_false")
     p.add_argument(
+        "--open-seconds",
+        type=float,
+        default=5.0,
+        help="issue 14: each open-loop run beside the load comparison (0: skip)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
         help="smoke test: tiny sizes, one round (figures are meaningless)",
@@ -971,6 +1013,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.connections, args.warmup, args.repeats = 300, 50, 1
         args.stream_seconds, args.stream_warmup = 0.5, 0.1
         args.idle_clients = min(args.idle_clients, 20)
+        args.open_seconds = min(args.open_seconds, 1.0)
     args.inflight = [int(x) for x in args.inflight.split(",") if x]
     args.streams = [int(x) for x in args.streams.split(",") if x]
     if args.echolab is None:
@@ -1059,6 +1102,14 @@ def main(argv: list[str] | None = None) -> int:
             f"Load generators on the C server ({args.connections} connections, "
             f"{args.load_clients} in flight, 64 B): C client {c:,.0f} conn/s, "
             f"`echolab load --mode rate` {e:,.0f} conn/s ({e / c:.2f}x).\n\n"
+        )
+    if res.load_compare.get("open_loop_kept"):
+        kept, lags = res.load_compare["open_loop_kept"], res.load_compare["open_loop_lag_p99_ms"]
+        load_line += (
+            f"Open loop (`echolab load --rate`, {args.open_seconds:g} s at "
+            f"{TARGET_OPEN_LOOP:.0%} of each round's closed-loop rate): schedule kept in "
+            f"{sum(kept):.0f} of {len(kept)} rounds; its own lag p99 "
+            f"{' / '.join(f'{v:.1f}' for v in lags)} ms.\n\n"
         )
     md = (
         f"# echolab benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"

@@ -36,6 +36,7 @@ MAX_CLIENTS = 65_535  # each connection to the one target needs a local port of 
 MAX_PAYLOAD = 1 << 30  # payloads are held in memory (probe: twice; load: once per worker)
 MAX_WORKERS = 1024  # worker processes, a Python interpreter each; more than CPUs only share
 MAX_CONNECTIONS = 10**12  # over 11 days at a million connections per second
+MAX_RATE = 10_000_000  # starts per second: a hundred times what loopback carries here
 MAX_SEED = 2**64 - 1  # a 64-bit seed, as the JSON records it
 MAX_HOST = 253  # characters in a DNS name (RFC 1035), labels of at most 63 (IDNA checks)
 
@@ -60,7 +61,6 @@ def integer(low: int, high: int, what: str = "") -> Callable[[str], int]:
 port_number = integer(0, 65535, "port")  # serve, restart-check: 0 asks the kernel for one
 target_port = integer(1, 65535, "port")  # where a server listens: 0 never does
 positive_int = integer(1, MAX_BACKLOG)
-non_negative_int = integer(0, MAX_SEED)
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -261,17 +261,6 @@ class CommandParser(argparse.ArgumentParser):
         return value
 
 
-class _EnvDefaults:
-    """The older way to add options, `_EnvDefaults(p).add(...)` or `_EnvDefaults(p, group)`:
-    kept so that option lists written against it take the one validation path too."""
-
-    def __init__(self, parser: CommandParser, target: Any = None) -> None:
-        self.parser, self.group = parser, target
-
-    def add(self, *flags: str, **kw: Any) -> argparse.Action:
-        return self.parser.option(*flags, group=self.group, **kw)
-
-
 class _Auto(str):
     label = "auto: the CPU count"
 
@@ -371,7 +360,12 @@ def _add_load(sub: Any) -> None:
         metavar="{rate,stream,hold}",
         help="rate: short connections; stream: long two-way streams; hold: idle connections",
     )
-    p.option("--clients", type=integer(1, MAX_CLIENTS), default=64, help="connections in flight")
+    p.option(
+        "--clients",
+        type=integer(1, MAX_CLIENTS),
+        default=64,
+        help="connections in flight (rate mode with --rate: at most this many open)",
+    )
     group = p.add_mutually_exclusive_group()
     p.option(
         "--connections",
@@ -380,8 +374,12 @@ def _add_load(sub: Any) -> None:
         help="rate mode: stop after this many connections",
     )
     p.option("--duration", group=group, type=timeout, help="run this long (default 10s)")
-    p.option("--payload", type=integer(1, MAX_PAYLOAD), default=64,
-             help="bytes per connection (rate)")  # fmt: skip
+    p.option(
+        "--payload",
+        type=integer(1, MAX_PAYLOAD),
+        default=64,
+        help="bytes per connection (rate mode) or round trip (hold, --rate)",
+    )
     p.option("--workers", type=workers, default=_Auto("auto"), help="worker processes")
     _json_option(p, "write the figures as JSON ('-': stdout)")
     p.option("--no-progress", action="store_true", default=False, help="no live progress")
@@ -393,6 +391,39 @@ def _add_load(sub: Any) -> None:
         help="fail when the error fraction exceeds this",
     )
     p.option("--timeout", type=timeout, default=5.0, help="per-operation timeout")
+    _add_load_open_loop(p)
+
+
+def milliseconds(text: str) -> float:
+    """A latency limit in seconds: a bare number is milliseconds ('50'), or a duration ('0.2s')."""
+    bare = text.strip().replace(".", "", 1).isdigit()
+    return timeout(f"{text.strip()}ms" if bare else text)
+
+
+def _add_load_open_loop(p: CommandParser) -> None:
+    """load's open loop, its latency thresholds and its latency outputs."""
+    p.option(
+        "--rate",
+        type=integer(1, MAX_RATE, "rate"),
+        metavar="N",
+        help="open loop: start N connections (rate mode) or round trips (stream, hold) a "
+        "second on a fixed schedule, each timed from its scheduled start (default: closed "
+        "loop, the next start when one ends)",
+    )
+    p.option("--max-p99", type=milliseconds, metavar="MS",
+             help="fail when the p99 latency exceeds MS milliseconds")  # fmt: skip
+    p.option("--max-p999", type=milliseconds, metavar="MS",
+             help="fail when the p99.9 latency exceeds MS milliseconds")  # fmt: skip
+    p.option("--latency-csv", metavar="FILE",
+             help="write latency percentiles per --interval as CSV")  # fmt: skip
+    p.option(
+        "--plot",
+        metavar="FILE",
+        help="draw latency over time and the percentile spectrum (.svg or .png; needs the "
+        "'plot' extra: pip install 'echolab[plot]')",
+    )
+    p.option("--interval", type=timeout, default=1.0,
+             help="the step of --latency-csv and --plot, and of the live p99")  # fmt: skip
 
 
 def _add_restart_check(sub: Any) -> None:

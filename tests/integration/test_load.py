@@ -107,9 +107,15 @@ def assert_schema(data: dict[str, Any], mode: str) -> None:
     assert set(data["errors"]) >= ERROR_KINDS
     assert all(isinstance(n, int) for n in data["errors"].values())
     assert sum(data["errors"].values()) == data["errors_total"]
-    assert set(data["latency_ms"]) == {"p50", "p90", "p99", "max"}
-    assert set(data["connect_latency_ms"]) == {"p50", "p90", "p99", "max"}
+    percentiles = {"p50", "p90", "p99", "p99.9", "p99.99", "max"}
+    assert set(data["latency_ms"]) == percentiles
+    assert set(data["connect_latency_ms"]) == percentiles
+    buckets = data["latency_histogram"]["buckets"]
+    assert sum(n for _, _, n in buckets) == data["latency_samples"]
+    assert all(lo <= hi for lo, hi, _ in buckets)
+    assert data["loop"] == "closed" and data["schedule"] is None
     assert isinstance(data["passed"], bool)
+    assert data["interrupted"] is False and data["signal"] is None
 
 
 # --- against echolab serve ------------------------------------------------------------------
@@ -126,7 +132,9 @@ def test_rate_mode_verifies_every_connection() -> None:
     assert data["bytes_verified"] == 400 * 100
     assert data["seed"] == 5
     lat = data["latency_ms"]
-    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
+    assert data["latency_samples"] == 400  # one per connection: connect + echo
+    assert data["connect_latency_ms"]["p50"] <= lat["max"]
     assert data["conn_per_s"] == pytest.approx(400 / data["duration_s"], rel=0.01)
     assert data["passed"] is True
 
@@ -187,6 +195,7 @@ def test_hold_mode_holds_every_connection_open_and_pings() -> None:
     assert data["connections_ok"] == 24
     assert data["peak_open"] == 24
     assert data["pings_ok"] >= 24  # each connection pinged at least once in 4 s
+    assert data["latency_samples"] == data["pings_ok"]
     assert data["latency_ms"]["p50"] is not None
 
 
@@ -238,6 +247,17 @@ def test_rich_progress_and_table_on_a_terminal() -> None:
     assert "━" in text  # rich's progress bar
     assert "│" in text or "┃" in text  # the summary table's frame
     assert "PASS" in text
+
+
+def test_empty_output_variables_mean_none() -> None:
+    """What Compose passes for an unset `${VAR:-}`: no file, not the current directory."""
+    with running_server() as srv:
+        proc = run_echolab(
+            "load", "--target", f"127.0.0.1:{srv.port}", "--connections", "20", "--no-progress",
+            env={"ECHOLAB_PLOT": "", "ECHOLAB_LATENCY_CSV": "", "ECHOLAB_JSON_FILE": ""},
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "PASS" in proc.stdout
 
 
 def test_json_to_a_file_and_target_from_the_environment(tmp_path: Path) -> None:
@@ -355,9 +375,47 @@ def test_unreachable_target_is_one_line_and_exit_2() -> None:
         ["--mode", "bogus"],
         ["--max-error-rate", "2"],
         ["--duration", "ten"],
+        ["--rate", "0"],
+        ["--rate", "1.5x"],
+        ["--max-p99", "fast"],
+        ["--max-p999", "-1"],
+        ["--interval", "1ms"],
+        ["--plot", "picture.pdf"],
+        ["--latency-csv", "-"],
+        ["--mode", "stream", "--max-p99", "5"],  # closed-loop streams have no latencies
+        ["--payload", str(1 << 30)],
+        ["--clients", "100000000"],  # more descriptors than a process may open
+        ["--json", "/nonexistent-dir/out.json"],
+        ["--latency-csv", "/proc/out.csv"],
+        ["--plot", "/nonexistent-dir/out.svg"],
+        ["--rate", "1" + "0" * 400],  # beyond a float: was an OverflowError traceback
+        ["--connections", "1" + "0" * 400],
+        ["--timeout", "0", "--connections", "5"],
+        ["--duration", "0"],
     ],
 )
 def test_bad_arguments_exit_2(args: list[str]) -> None:
+    """Rejected in one line before anything runs: the target (port 9) is never even tried."""
     proc = run_echolab("load", "--target", "127.0.0.1:9", *args)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
+    assert "cannot reach" not in proc.stderr
+    assert not Path("/nonexistent-dir").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--timeout", "1e30", "--connections", "50"],
+        ["--timeout", "1e10", "--mode", "hold", "--clients", "4", "--duration", "1"],
+        ["--timeout", "1e30", "--mode", "stream", "--clients", "2", "--duration", "0.5"],
+        ["--timeout", "1e30", "--rate", "100", "--duration", "0.5"],
+        ["--interval", "1e30", "--connections", "20"],
+    ],
+)
+def test_huge_timeouts_are_only_long_waits(args: list[str]) -> None:
+    """Timeouts beyond what epoll or a socket can wait for run like very long ones."""
+    with running_server() as srv:
+        status, data, _ = load_json("--target", f"127.0.0.1:{srv.port}", *args)
+    assert status == 0, data
+    assert data["errors_total"] == 0
