@@ -259,11 +259,11 @@ def test_json_destination_is_checked_before_the_run(tmp_path: Path) -> None:
         assert exc.value.code == 2
 
 
-def test_the_older_option_api_takes_the_same_path(
+def test_an_option_and_its_variable_take_the_same_path(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     p = cli.CommandParser(prog="echolab demo")
-    cli._EnvDefaults(p).add("--interval", type=cli.timeout, default=1.0, help="how often")
+    p.option("--interval", type=cli.timeout, default=1.0, help="how often")
     assert p.parse_args([]).interval == 1.0
     monkeypatch.setenv("ECHOLAB_INTERVAL", "0")
     with pytest.raises(SystemExit) as exc:
