@@ -136,6 +136,13 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return host_name(host), target_port(port_text)
 
 
+def output_path(text: str) -> str | None:
+    """A file to write, '-' for stdout; empty means none (what Compose passes for `${VAR:-}`)."""
+    if "\x00" in text:
+        raise argparse.ArgumentTypeError(f"a path cannot hold a NUL byte: {text!r}")
+    return text or None
+
+
 def error_rate(text: str) -> float:
     """A fraction between 0 and 1."""
     try:
@@ -414,10 +421,11 @@ def _add_load_open_loop(p: CommandParser) -> None:
              help="fail when the p99 latency exceeds MS milliseconds")  # fmt: skip
     p.option("--max-p999", type=milliseconds, metavar="MS",
              help="fail when the p99.9 latency exceeds MS milliseconds")  # fmt: skip
-    p.option("--latency-csv", metavar="FILE",
+    p.option("--latency-csv", type=output_path, metavar="FILE",
              help="write latency percentiles per --interval as CSV")  # fmt: skip
     p.option(
         "--plot",
+        type=output_path,
         metavar="FILE",
         help="draw latency over time and the percentile spectrum (.svg or .png; needs the "
         "'plot' extra: pip install 'echolab[plot]')",
@@ -499,7 +507,8 @@ def _add_restart_strategies(p: CommandParser) -> None:
         help="fail a stop-start that binds later than this after the old server is gone "
         "(off: times are reported, never judged)",
     )
-    p.option("--plot", default=None, metavar="FILE", help="draw the timeline (.svg, .png, .pdf)")
+    p.option("--plot", type=output_path, metavar="FILE",
+             help="draw the timeline (.svg, .png, .pdf)")  # fmt: skip
 
 
 def _add_hold(sub: Any) -> None:
@@ -537,7 +546,7 @@ def _add_sockets(sub: Any) -> None:
 
 
 def _json_option(p: CommandParser, text: str) -> None:
-    p.option("--json", dest="json_file", metavar="FILE", help=text)
+    p.option("--json", dest="json_file", type=output_path, metavar="FILE", help=text)
 
 
 def build_parser() -> argparse.ArgumentParser:

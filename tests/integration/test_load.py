@@ -392,6 +392,8 @@ def test_unreachable_target_is_one_line_and_exit_2() -> None:
         ["--connections", "1" + "0" * 400],
         ["--timeout", "0", "--connections", "5"],
         ["--duration", "0"],
+        ["--timeout", "1e30", "--connections", "5"],  # beyond epoll's longest wait (24.8 days)
+        ["--interval", "1e30", "--connections", "5"],
     ],
 )
 def test_bad_arguments_exit_2(args: list[str]) -> None:
@@ -406,15 +408,15 @@ def test_bad_arguments_exit_2(args: list[str]) -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        ["--timeout", "1e30", "--connections", "50"],
-        ["--timeout", "1e10", "--mode", "hold", "--clients", "4", "--duration", "1"],
-        ["--timeout", "1e30", "--mode", "stream", "--clients", "2", "--duration", "0.5"],
-        ["--timeout", "1e30", "--rate", "100", "--duration", "0.5"],
-        ["--interval", "1e30", "--connections", "20"],
+        ["--timeout", "24d", "--connections", "50"],
+        ["--timeout", "24d", "--mode", "hold", "--clients", "4", "--duration", "1"],
+        ["--timeout", "24d", "--mode", "stream", "--clients", "2", "--duration", "0.5"],
+        ["--timeout", "24d", "--rate", "100", "--duration", "0.5"],
+        ["--interval", "24d", "--connections", "20"],
     ],
 )
 def test_huge_timeouts_are_only_long_waits(args: list[str]) -> None:
-    """Timeouts beyond what epoll or a socket can wait for run like very long ones."""
+    """The longest timeouts the command line takes (epoll's 24.8 days) run like long waits."""
     with running_server() as srv:
         status, data, _ = load_json("--target", f"127.0.0.1:{srv.port}", *args)
     assert status == 0, data
