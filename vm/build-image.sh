@@ -39,6 +39,12 @@ die() {
   exit 1
 }
 
+# Bad arguments: one line, exit 2 (as everywhere in echolab).
+usage_error() {
+  echo "vm-image: $* (see --help)" >&2
+  exit 2
+}
+
 usage() {
   sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
   exit "${1:-0}"
@@ -67,20 +73,21 @@ customize() {
 while (($#)); do
   case "$1" in
     --customize) customize "${2:?--customize needs the root directory}"; exit 0 ;;
-    --suite) suite="${2:?--suite needs a value}"; shift 2 ;;
+    --suite) suite="${2:-}"; shift $(($# > 1 ? 2 : 1)) ;;
     --suite=*) suite="${1#*=}"; shift ;;
-    --out) out="${2:?--out needs a value}"; shift 2 ;;
+    --out) out="${2:-}"; shift $(($# > 1 ? 2 : 1)) ;;
     --out=*) out="${1#*=}"; shift ;;
-    --size) size="${2:?--size needs a value}"; shift 2 ;;
+    --size) size="${2:-}"; shift $(($# > 1 ? 2 : 1)) ;;
     --size=*) size="${1#*=}"; shift ;;
     --force) force=1; shift ;;
     --print-dir) print_dir=1; shift ;;
     -h | --help) usage 0 ;;
-    *) echo "vm-image: unknown argument: $1" >&2; usage 2 ;;
+    *) usage_error "unknown argument: $1" ;;
   esac
 done
-[[ $suite =~ ^[a-z]+$ ]] || die "--suite must be a Debian code name such as bookworm, not '$suite'"
-[[ $size =~ ^[0-9]+[MG]$ ]] || die "--size must look like 3G or 2048M, not '$size'"
+[[ $suite =~ ^[a-z]+$ ]] || usage_error "--suite must be a Debian code name such as bookworm, not '$suite'"
+[[ -n $out ]] || usage_error "--out needs a directory"
+[[ $size =~ ^[0-9]+[MG]$ ]] || usage_error "--size must look like 3G or 2048M, not '$size'"
 
 recipe_hash() {
   {

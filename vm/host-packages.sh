@@ -45,7 +45,7 @@ case "${1:-}" in
   --check) check_only=1 ;;
   "") ;;
   -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
-  *) die "unknown argument: $1 (try --help)" ;;
+  *) echo "vm-host-packages: unknown argument: $1 (see --help)" >&2; exit 2 ;;
 esac
 
 mapfile -t need < <(missing_packages)

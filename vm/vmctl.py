@@ -126,6 +126,8 @@ class Settings:
     smp: int = 2
     memory: int = 1024
     accel: str = "tcg"
+    # qemu's -cpu; empty: `host` under KVM, `max` under TCG (every feature TCG emulates).
+    cpu: str = ""
     boot_timeout: float = 600.0
 
     @property
@@ -194,9 +196,9 @@ def qemu_argv(vm: VM, vms: Sequence[VM], settings: Settings) -> list[str]:
     append = "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1"
     return [
         QEMU,
-        "-name", f"echolab-{settings.tag}-{vm.name},process=echolab-{vm.name}",
+        "-name", f"echolab-{settings.tag}-{vm.name},process=qemu-{vm.name}",
         "-machine", "q35", "-accel", accel,
-        "-cpu", "host" if settings.accel == "kvm" else "max",
+        "-cpu", settings.cpu or ("host" if settings.accel == "kvm" else "max"),
         "-smp", str(settings.smp), "-m", str(settings.memory),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
@@ -245,28 +247,32 @@ def end_processes(pids: Sequence[int], grace: float = 10.0) -> None:
     deadline = time.monotonic() + grace
     alive = list(pids)
     while alive and time.monotonic() < deadline:
-        reap_children()
-        alive = [p for p in alive if Path(f"/proc/{p}").exists() and not is_zombie(p)]
+        alive = [p for p in alive if not gone(p)]
         time.sleep(0.1)
     for pid in alive:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    reap_children()
+    deadline = time.monotonic() + grace
+    while any(not gone(p) for p in alive) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def gone(pid: int) -> bool:
+    """Whether the process has exited: reaped here when it is our child (qemu started by this
+    `up`), else no longer in /proc or a zombie its own parent has yet to collect."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    return is_zombie(pid)
 
 
 def is_zombie(pid: int) -> bool:
+    """True also when the process no longer exists."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def reap_children() -> None:
-    """Collect exited children of this process (the qemu processes `up` started)."""
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
 
 
 def free_port() -> int:
@@ -281,8 +287,11 @@ def tail(path: Path, lines: int = 8) -> str:
     return "\n".join("    " + line for line in kept[-lines:])
 
 
-def start_qemu(vm: VM, vms: Sequence[VM], settings: Settings) -> subprocess.Popen[bytes]:
-    """Start one VM's qemu in a session of its own; retry with another port if its is taken."""
+def start_qemu(
+    vm: VM, vms: Sequence[VM], settings: Settings, started: list[subprocess.Popen[bytes]]
+) -> subprocess.Popen[bytes]:
+    """Start one VM's qemu in a session of its own; retry with another port if its is taken.
+    Every pid goes into `started` at once, so that a failure or a signal ends it."""
     run = settings.vm_dir(vm)
     for _ in range(PORT_ATTEMPTS):
         vm.ssh_port = free_port()
@@ -295,6 +304,7 @@ def start_qemu(vm: VM, vms: Sequence[VM], settings: Settings) -> subprocess.Pope
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        started.append(proc)
         # qemu sets up its netdevs before it writes the pid file; a taken port ends it first.
         deadline = time.monotonic() + 30
         while proc.poll() is None and not (run / "qemu.pid").exists():
@@ -509,18 +519,36 @@ def qemu_version() -> str:
     return out.stdout.splitlines()[0] if out.stdout else "unknown"
 
 
-def probe_kvm(image_dir: Path, timeout: float) -> tuple[bool, str]:
-    """Boot the image under KVM (a throw-away snapshot, no network) and see whether systemd
-    gets as far as the identity unit within `timeout` s. /dev/kvm may exist and answer its
-    ioctls while guests hang before their first line (a nested VM without vmx/svm)."""
+# CPU models tried under KVM, in order: `host` aborts on some nested hosts on an MSR it cannot
+# set (0x10a, arch-capabilities), which the second leaves out.
+KVM_CPUS = ("host", "host,-arch-capabilities")
+
+
+def probe_kvm(image_dir: Path, timeout: float) -> tuple[str, str]:
+    """The -cpu model with which a guest boots under KVM ('' when none does), and why.
+
+    A guest must get as far as systemd starting the identity unit within `timeout` s: /dev/kvm
+    may exist and answer its ioctls while guests hang before their first line (a nested VM
+    without vmx/svm)."""
     if not Path("/dev/kvm").exists():
-        return False, "no /dev/kvm"
+        return "", "no /dev/kvm"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return False, "/dev/kvm is not readable and writable by this user"
+        return "", "/dev/kvm is not readable and writable by this user"
+    reasons = []
+    for cpu in KVM_CPUS:
+        booted, reason = boot_under_kvm(image_dir, cpu, timeout)
+        if booted:
+            return cpu, f"a guest booted under KVM with -cpu {cpu}"
+        reasons.append(f"-cpu {cpu}: {reason}")
+    return "", "; ".join(reasons)
+
+
+def boot_under_kvm(image_dir: Path, cpu: str, timeout: float) -> tuple[bool, str]:
+    """Boot the image once under KVM: a throw-away snapshot, no network."""
     with tempfile.TemporaryDirectory(prefix="echolab-kvm-probe.") as tmp:
         console = Path(tmp) / "console.log"
         argv = [
-            QEMU, "-machine", "q35", "-accel", "kvm", "-cpu", "host", "-smp", "1", "-m", "512",
+            QEMU, "-machine", "q35", "-accel", "kvm", "-cpu", cpu, "-smp", "1", "-m", "512",
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-snapshot",
             "-kernel", str(image_dir / "vmlinuz"), "-initrd", str(image_dir / "initrd.img"),
             "-append", "root=/dev/vda ro console=ttyS0 panic=-1",
@@ -528,47 +556,44 @@ def probe_kvm(image_dir: Path, timeout: float) -> tuple[bool, str]:
             "-nic", "none", "-serial", f"file:{console}",
         ]  # fmt: skip
         proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True,
-        )
+        )  # fmt: skip
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and proc.poll() is None:
                 if "echolab-identity: ready" in read_text(console):
-                    return True, "a guest booted under KVM"
+                    return True, "booted"
                 time.sleep(0.5)
             if proc.poll() is not None:
                 out = (proc.stdout.read().decode(errors="replace") if proc.stdout else "").strip()
                 first = out.splitlines()[0] if out else f"exit status {proc.returncode}"
-                return False, f"qemu -accel kvm failed: {first}"
+                return False, f"qemu failed: {first}"
             shown = "it stalled" if read_text(console).strip() else "no console output"
-            return False, f"a KVM guest did not boot within {timeout:.0f} s ({shown})"
+            return False, f"no boot within {timeout:.0f} s ({shown})"
         finally:
             end_processes([proc.pid], grace=3)
             proc.wait()
 
 
-def choose_accel(requested: str, image_dir: Path, cache: Path, timeout: float) -> str:
-    """'kvm' or 'tcg'. 'auto' probes KVM once per qemu, host kernel and image (cached) and
-    says in one line which it is and why."""
+def choose_accel(requested: str, image_dir: Path, cache: Path, timeout: float) -> tuple[str, str]:
+    """The accelerator and its -cpu model ('' for the default). 'auto' probes KVM once per
+    qemu, host kernel and image (cached) and says in one line which it is and why."""
     if requested in ("kvm", "tcg"):
-        return requested
+        return requested, ""
     key = f"{qemu_version()} | {os.uname().release} | {image_dir.resolve().name}"
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, KeyError):
         cached = json.loads(cache.read_text())
-        if cached.get("key") == key:
-            say(f"accelerator: {cached['accel']} ({cached['reason']}; probed earlier)")
-            return str(cached["accel"])
+        if cached["key"] == key:
+            say(f"accelerator: {cached['accel'].upper()} ({cached['reason']}; probed earlier)")
+            return str(cached["accel"]), str(cached["cpu"])
     say(f"accelerator: probing KVM (a guest must boot within {timeout:.0f} s)")
-    works, reason = probe_kvm(image_dir, timeout)
-    accel = "kvm" if works else "tcg"
-    say(f"accelerator: {accel.upper()}" + ("" if works else f", not KVM: {reason}"))
+    cpu, reason = probe_kvm(image_dir, timeout)
+    accel = "kvm" if cpu else "tcg"
+    say(f"accelerator: {accel.upper()}" + (f" (-cpu {cpu})" if cpu else f", not KVM: {reason}"))
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"key": key, "accel": accel, "reason": reason}) + "\n")
-    return accel
+    cache.write_text(json.dumps({"key": key, "accel": accel, "cpu": cpu, "reason": reason}) + "\n")
+    return accel, cpu
 
 
 # --------------------------------------------------------------------------------------------
@@ -628,11 +653,14 @@ def prepare(vms: Sequence[VM], settings: Settings) -> None:
         (settings.state_dir / stale).unlink(missing_ok=True)
 
 
-def start_all(vms: Sequence[VM], settings: Settings) -> list[Boot]:
+def start_all(
+    vms: Sequence[VM], settings: Settings, started: list[subprocess.Popen[bytes]]
+) -> list[Boot]:
     """Start the hub VM, wait until its sockets exist, then the others."""
     boots = []
     for vm in vms:
-        boots.append(Boot(vm=vm, proc=start_qemu(vm, vms, settings), started=time.monotonic()))
+        proc = start_qemu(vm, vms, settings, started)
+        boots.append(Boot(vm=vm, proc=proc, started=time.monotonic()))
         save_state(vms, settings)
         say(
             f"{vm.name}: qemu started (pid {vm.pid}, SSH on 127.0.0.1:{vm.ssh_port}, "
@@ -680,26 +708,30 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     if qemu_pids(settings.tag):
         say("ending the VMs of an earlier `up` first")
         down(settings)
-    settings.accel = choose_accel(
+    settings.accel, probed_cpu = choose_accel(
         args.accel, settings.image_dir, args.accel_cache, args.kvm_probe_timeout
     )
+    settings.cpu = settings.cpu or probed_cpu
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     prepare(vms, settings)
-    started = time.monotonic()
+    began = time.monotonic()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    started: list[subprocess.Popen[bytes]] = []
     try:
-        boots = start_all(vms, settings)
+        boots = start_all(vms, settings, started)
         wait_for_boots(boots, settings)
     except BaseException:
         say("ending the VMs this `up` started")
+        # By pid only while unreaped: a reaped pid may belong to another process by now.
+        end_processes([proc.pid for proc in started if proc.poll() is None])
         down(settings, quiet=True)
         raise
     save_state(vms, settings)
     args.inventory.parent.mkdir(parents=True, exist_ok=True)
     args.inventory.write_text(inventory_text(vms, settings))
     say(
-        f"{len(vms)} VM(s) up in {time.monotonic() - started:.0f} s "
+        f"{len(vms)} VM(s) up in {time.monotonic() - began:.0f} s "
         f"({settings.accel.upper()}, -smp {settings.smp}, {settings.memory} MiB each); "
         f"inventory {args.inventory}"
     )
@@ -828,9 +860,11 @@ def cmd_check(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_probe_accel(args: argparse.Namespace, settings: Settings) -> int:
+    if not (settings.image_dir / "complete").exists():
+        raise VMError(f"no VM image in {settings.image_dir}: run `make vm-image`")
     args.accel_cache.unlink(missing_ok=True)
-    accel = choose_accel("auto", settings.image_dir, args.accel_cache, args.kvm_probe_timeout)
-    return 0 if accel in ("kvm", "tcg") else 1
+    choose_accel("auto", settings.image_dir, args.accel_cache, args.kvm_probe_timeout)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -877,6 +911,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--memory", type=int, default=1024, help="MiB per VM")
     up.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     up.add_argument(
+        "--cpu", default="", help="qemu -cpu model (default: host under KVM, max under TCG)"
+    )
+    up.add_argument(
         "--boot-timeout", type=float, default=600.0, help="seconds for every VM to let its user in"
     )
     sub.add_parser("down", help="end every VM of the state directory")
@@ -902,6 +939,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             user=args.user,
             smp=args.smp,
             memory=args.memory,
+            cpu=args.cpu,
             boot_timeout=args.boot_timeout,
         )
     commands = {
