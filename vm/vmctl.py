@@ -193,7 +193,7 @@ def qemu_argv(vm: VM, vms: Sequence[VM], settings: Settings) -> list[str]:
     run = settings.vm_dir(vm)
     image = settings.image_dir
     accel = "kvm" if settings.accel == "kvm" else "tcg,thread=multi"
-    append = "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1"
+    append = "root=/dev/vda rw console=ttyS0 panic=-1"
     return [
         QEMU,
         "-name", f"echolab-{settings.tag}-{vm.name},process=qemu-{vm.name}",
@@ -578,10 +578,11 @@ def boot_under_kvm(image_dir: Path, cpu: str, timeout: float) -> tuple[bool, str
 
 def choose_accel(requested: str, image_dir: Path, cache: Path, timeout: float) -> tuple[str, str]:
     """The accelerator and its -cpu model ('' for the default). 'auto' probes KVM once per
-    qemu, host kernel and image (cached) and says in one line which it is and why."""
+    qemu version and host kernel (cached: a probe that fails costs its whole timeout) and says
+    in one line which it is and why."""
     if requested in ("kvm", "tcg"):
         return requested, ""
-    key = f"{qemu_version()} | {os.uname().release} | {image_dir.resolve().name}"
+    key = f"{qemu_version()} | {os.uname().release} | /dev/kvm {Path('/dev/kvm').exists()}"
     with contextlib.suppress(OSError, ValueError, KeyError):
         cached = json.loads(cache.read_text())
         if cached["key"] == key:

@@ -126,8 +126,9 @@ def test_vm_verify_passes(vms: dict[str, Any]) -> None:
 
 # Guest-side programs, sent on ssh's stdin.
 ONE_GREETING = """
-import socket, sys
+import pathlib, socket, sys
 with socket.create_server((sys.argv[1], int(sys.argv[2]))) as s:
+    pathlib.Path("/tmp/prog.listening").touch()
     conn, peer = s.accept()
     conn.sendall(b"from-server " + peer[0].encode())
     conn.close()
@@ -144,10 +145,14 @@ for address in sys.argv[2:]:
 
 
 def guest_python(port: int, program: str, *args: str, background: bool = False) -> str:
-    """Run a Python program on the VM whose SSH is forwarded from `port`; its output."""
+    """Run a Python program on the VM whose SSH is forwarded from `port`; its output. In the
+    background: until it has made /tmp/prog.listening (at most 5 minutes)."""
     run = f"python3 /tmp/prog.py {' '.join(args)}"
     if background:
-        run = f"nohup {run} >/dev/null 2>&1 & sleep 3"
+        run = (
+            f"rm -f /tmp/prog.listening; nohup {run} >/dev/null 2>&1 & "
+            "for i in $(seq 3000); do [ -e /tmp/prog.listening ] && exit 0; sleep 0.1; done; exit 1"
+        )
     proc = subprocess.run(
         [*vmctl.ssh_base(settings(), port), f"cat >/tmp/prog.py && {run}"],
         input=program, capture_output=True, text=True, timeout=300, check=False,
