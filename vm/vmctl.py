@@ -365,7 +365,7 @@ class Boot:
     hostkey: str = ""
     banner: bool = False
     ready: bool = False
-    last_note: float = 0.0
+    last_note: float = dataclasses.field(default_factory=time.monotonic)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -383,7 +383,7 @@ def console_text(settings: Settings, vm: VM) -> str:
     return read_text(settings.vm_dir(vm) / "console.log")
 
 
-def step(boot: Boot, settings: Settings) -> None:
+def step(boot: Boot, boots: Sequence[Boot], settings: Settings) -> None:
     """Advance one VM's boot by what can be seen now; say each milestone once."""
     vm = boot.vm
     if boot.proc is not None and boot.proc.poll() is not None:
@@ -399,6 +399,7 @@ def step(boot: Boot, settings: Settings) -> None:
         boot.last_note = time.monotonic()
     if not boot.hostkey and (m := HOSTKEY_RE.search(text)):
         boot.hostkey = m.group(1)
+        write_known_hosts(boots, settings)
     if boot.hostkey and not boot.banner and ssh_banner(vm.ssh_port):
         boot.banner = True
         say(f"{vm.name}: SSH answers on 127.0.0.1:{vm.ssh_port} ({boot.elapsed():.0f} s)")
@@ -426,20 +427,19 @@ def wait_for_boots(boots: Sequence[Boot], settings: Settings) -> None:
     while not all(b.ready for b in boots):
         for boot in boots:
             if not boot.ready:
-                step(boot, settings)
-                if boot.hostkey:
-                    write_known_hosts(boots, settings)
+                step(boot, boots, settings)
         if time.monotonic() > deadline:
-            late = [b.vm.name for b in boots if not b.ready]
+            late = [b.vm for b in boots if not b.ready]
             raise VMError(
-                f"{', '.join(late)}: no SSH login within {settings.boot_timeout:.0f} s "
-                f"(VM_BOOT_TIMEOUT); last console lines of {late[0]}:\n"
-                f"{tail(settings.vm_dir(boots[0].vm) / 'console.log')}"
+                f"{', '.join(v.name for v in late)}: no SSH login within "
+                f"{settings.boot_timeout:.0f} s (VM_BOOT_TIMEOUT); last console lines of "
+                f"{late[0].name}:\n{tail(settings.vm_dir(late[0]) / 'console.log')}"
             )
         time.sleep(0.5)
 
 
 def write_known_hosts(boots: Sequence[Boot], settings: Settings) -> None:
+    """The host keys read from the consoles so far, for ssh and Ansible to check."""
     lines = [f"[127.0.0.1]:{b.vm.ssh_port} {b.hostkey}\n" for b in boots if b.hostkey]
     (settings.state_dir / "known_hosts").write_text("".join(lines))
 
@@ -697,14 +697,20 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     if not (settings.image_dir / "complete").exists():
         raise VMError(f"no VM image in {settings.image_dir}: run `make vm-image`")
     ensure_key(settings.key)
+    # The image itself, not the link to the newest: a rebuilt image makes a new set.
+    settings.image_dir = settings.image_dir.resolve()
     old, old_settings = load_state(settings.state_dir)
-    same = [(v.name, v.group) for v in old] == [(v.name, v.group) for v in vms]
+    wanted = {"image_dir": str(settings.image_dir), "user": settings.user,
+              "smp": settings.smp, "memory": settings.memory}  # fmt: skip
     if (
-        same
-        and old_settings.get("image_dir") == str(settings.image_dir)
+        [(v.name, v.group) for v in old] == [(v.name, v.group) for v in vms]
+        and all(old_settings.get(k) == v for k, v in wanted.items())
         and answering(old, settings)
     ):
+        settings.accel = str(old_settings.get("accel", settings.accel))
+        args.inventory.write_text(inventory_text(old, settings))
         say(f"{', '.join(v.name for v in old)} already up; inventory {args.inventory}")
+        print_table(old, settings)
         return 0
     if qemu_pids(settings.tag):
         say("ending the VMs of an earlier `up` first")

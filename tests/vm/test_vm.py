@@ -119,6 +119,14 @@ def test_two_vms_boot_and_ssh_is_forwarded_on_loopback_only(vms: dict[str, Any])
     assert {vm["pid"] for vm in state["vms"]} == set(running)
 
 
+def test_up_again_keeps_the_running_set(vms: dict[str, Any]) -> None:
+    before = vmctl.qemu_pids(tag())
+    out = ok(make("vm-up", timeout=600))
+    assert "vm: server, loadgen already up" in out
+    assert vmctl.qemu_pids(tag()) == before
+    assert yaml.safe_load((STATE / "inventory.yml").read_text()) == vms["inventory"]
+
+
 def test_vm_verify_passes(vms: dict[str, Any]) -> None:
     out = ok(make("vm-verify", timeout=600))
     assert "vm: server: ok" in out and "vm: loadgen: ok" in out
