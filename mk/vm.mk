@@ -31,7 +31,7 @@ vm-host-packages: ## Install qemu, qemu-img and mmdebstrap from Debian's package
 vm-image: vm-host-packages ## Build the offline Debian VM image (VM_SUITE), cached by its recipe's hash
 	@vm/build-image.sh --suite $(VM_SUITE) --out $(VM_IMAGES)
 
-vm-up: vm-image ## Boot the VMs (VM_SET), wait for SSH, write $(VM_STATE)/inventory.yml
+vm-up: vm-image ## Boot the VMs (VM_SET), wait for SSH, write out/vm/run/inventory.yml (VM_STATE)
 	@$(VMCTL) up $(foreach v,$(VM_SET),--vm $(v)) --user $(VM_USER) --smp $(VM_SMP) \
 	  --memory $(VM_MEMORY) --accel $(VM_ACCEL) --boot-timeout $(VM_BOOT_TIMEOUT)
 
@@ -44,7 +44,7 @@ vm-ssh: ## SSH into a running VM as its user (VM=server|loadgen, VM_CMD='...' to
 vm-status: ## The running VMs, their SSH ports and private-link addresses
 	@$(VMCTL) status
 
-vm-down: ## End every VM of $(VM_STATE); nothing is left running
+vm-down: ## End every VM of the set (VM_STATE); nothing is left running
 	@$(VMCTL) down
 
 vm-clean: vm-down ## vm-down, then remove the VM images, the state and the SSH key (out/vm)
