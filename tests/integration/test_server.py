@@ -117,6 +117,44 @@ def test_many_small_writes_come_back_in_order() -> None:
         assert read_until_eof(c) == bytes(sent)
 
 
+def _socket_of(pid: int, fd: int) -> socket.socket:
+    """A copy of descriptor `fd` of process `pid` (pidfd_getfd(2), Linux 5.6+, needs ptrace
+    rights: root here), to read the options of a socket another process holds."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        got = libc.syscall(438, pidfd, fd, 0)  # SYS_pidfd_getfd on x86_64
+        if got < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(pidfd)
+    return socket.socket(fileno=got)
+
+
+def test_a_child_echoes_without_nagle() -> None:
+    """Each child's connection has TCP_NODELAY (inherited from the listener): an echo leaves at
+    once instead of waiting for the client's delayed ACK of the previous one."""
+    require(os.geteuid() == 0, "needs root to read another process's socket (pidfd_getfd)")
+    with running_server() as srv, connect(srv.port) as client:
+        assert echo_once(client, b"ping") == b"ping"
+        wait_until(lambda: len(children_of(srv.pid)) == 1, 10, what="the child")
+        (child,) = children_of(srv.pid)
+        local = client.getsockname()[1]
+        for name in os.listdir(f"/proc/{child}/fd"):
+            try:
+                sock = _socket_of(child, int(name))
+            except OSError:
+                continue
+            with sock:
+                if sock.type == socket.SOCK_STREAM and sock.getpeername()[1] == local:
+                    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+                    return
+        raise AssertionError("the child holds no socket connected to this client")
+
+
 def test_a_reset_ends_only_that_child_quietly() -> None:
     with running_server() as srv:
         other = connect(srv.port)

@@ -21,6 +21,15 @@ def test_reuseaddr_is_set_before_bind_by_default_and_off_on_request() -> None:
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 0
 
 
+def test_accepted_connections_inherit_tcp_nodelay() -> None:
+    with listener.open_listener("127.0.0.1", 0, 16) as sock:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        with socket.create_connection(sock.getsockname()[:2], timeout=5):
+            conn, _ = sock.accept()
+            with conn:
+                assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
 def test_listener_is_not_inherited_by_exec() -> None:
     with listener.open_listener("127.0.0.1", 0, 16) as sock:
         assert not sock.get_inheritable()
