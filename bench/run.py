@@ -22,11 +22,9 @@ bench/results/ as JSON and a markdown table. Standard library only; any python3 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
-import re
 import signal
 import socket
 import statistics
@@ -39,7 +37,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-LISTENING = re.compile(r"listening on (\S+):(\d+)")
+# The driver runs on any Python 3.11 (not the benchmark's venv): it takes the shared process
+# helpers and the ready line's parser from the source tree (both standard library only).
+sys.path.insert(0, str(ROOT / "app"))
+from echolab.proctree import ProcessGroup, children_of  # noqa: E402
+from echolab.ready import parse_ready  # noqa: E402
+
 START_TIMEOUT = 15.0  # s for a server to log its "listening on" line
 STOP_TIMEOUT = 10.0  # s for a server to exit after SIGTERM before SIGKILL
 PAYLOAD = 64  # bytes per connection in rate mode (the issue's figure)
@@ -189,6 +192,7 @@ class Server:
             env=clean_env(),
             start_new_session=True,
         )
+        self.group = ProcessGroup.of(self.proc)  # before any wait: its ID may be reused after
         # Before it forks any child: children join their parent's cgroup.
         self.cpu = CpuGroup(f"echolab-bench-{os.getpid()}-{peer.key}")
         self.cpu.add(self.proc.pid)
@@ -198,9 +202,9 @@ class Server:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             text = self.log_path.read_bytes()[offset:].decode(errors="replace")
-            match = LISTENING.search(text)
-            if match:
-                return int(match.group(2))
+            ready = next(filter(None, map(parse_ready, text.splitlines())), None)
+            if ready:
+                return ready[1]
             if self.proc.poll() is not None:
                 break
             time.sleep(0.02)
@@ -215,17 +219,14 @@ class Server:
     def stop(self) -> None:
         """SIGTERM to the server's process group, SIGKILL after STOP_TIMEOUT; close the log."""
         if self.proc.poll() is None:
+            self.group.signal(signal.SIGTERM)
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            except ProcessLookupError:
+                self.group.signal(signal.SIGKILL)
                 self.proc.wait()
         # Children that outlived their parent (the minimal server's) are in the same group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.group.signal(signal.SIGKILL)
         self.cpu.remove()
         self.log.close()
 
@@ -258,22 +259,6 @@ def own_cpu_us(pid: int) -> float | None:
         return None
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) * 1e6 / os.sysconf("SC_CLK_TCK")
-
-
-def children_of(pid: int) -> list[int]:
-    """Live (non-zombie) child processes of `pid`, from /proc/*/stat."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry))
-    return found
 
 
 def pss_kib(pid: int) -> int | None:
@@ -350,7 +335,7 @@ def measure_memory(server: Server, n: int) -> dict[str, object]:
     """
     pid = server.proc.pid
     deadline = time.monotonic() + 10
-    while server.peer.forks and children_of(pid) and time.monotonic() < deadline:
+    while server.peer.forks and children_of(pid, zombies=False) and time.monotonic() < deadline:
         time.sleep(0.05)  # children of earlier connections still exiting
     before = pss_kib(pid) or 0
     socks = hold_clients(server.port, n)
@@ -358,7 +343,7 @@ def measure_memory(server: Server, n: int) -> dict[str, object]:
         kids: list[int] = []
         if server.peer.forks:
             while time.monotonic() < deadline:
-                kids = children_of(pid)
+                kids = children_of(pid, zombies=False)
                 if len(kids) >= n:
                     break
                 time.sleep(0.05)

@@ -74,7 +74,7 @@ class ServerProc:
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            kill_tree(self.proc.pid)
+            kill_tree(self.proc)
             rc = self.proc.wait(5)
         if self._reader is not None:
             self._reader.join(5)

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from echolab import cli
-from echolab.proctree import children_of, group_members, kill_tree
+from echolab.proctree import ProcessGroup, children_of, kill_tree
 from echolab.ready import READY_PREFIX
 from tests.support import ROOT, running_server
 
@@ -179,15 +179,16 @@ def run(world: World, argv: list[str], env: dict[str, str], serves: bool = False
         cwd=ROOT,
         start_new_session=True,
     )
+    group = ProcessGroup.of(proc)  # before any wait: its ID may be reused once it is empty
     try:
         early = wait_ready_then_stop(proc) if serves else b""
         out, err = proc.communicate(timeout=RUN_LIMIT)
     except subprocess.TimeoutExpired:
-        kill_tree(proc.pid)
+        kill_tree(proc)
         proc.communicate()
         pytest.fail(f"hung: echolab {argv} with {env}")
     finally:
-        leftovers = settle_leftovers(world, proc.pid)
+        leftovers = settle_leftovers(world, group)
     stderr = (early + err).decode(errors="replace")
     what = f"echolab {argv} with {env}: exit {proc.returncode}\n{stderr}"
     assert proc.returncode in DOCUMENTED[argv[0]], what
@@ -218,11 +219,11 @@ def wait_ready_then_stop(proc: subprocess.Popen[bytes]) -> bytes:
     return seen
 
 
-def settle_leftovers(world: World, pid: int) -> list[int]:
+def settle_leftovers(world: World, group: ProcessGroup) -> list[int]:
     """Processes the run left: its group's, and orphans re-parented to us (then ended)."""
-    leftovers = group_members(pid)
+    leftovers = group.members()
     for child in children_of(os.getpid(), zombies=True):
-        if child in world.ours or child == pid:
+        if child in world.ours or child == group.pgid:
             continue
         if child in children_of(os.getpid(), zombies=False):
             leftovers.append(child)

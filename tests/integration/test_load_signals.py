@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from echolab.proctree import children_of, group_members
+from echolab.proctree import ProcessGroup, children_of
 from tests.support import ROOT, echolab_cmd, running_server, wait_until
 
 PROGRESS = re.compile(r"^load: +[\d.]+s +ok ([\d,]+) .* open ([\d,]+)")
@@ -55,8 +55,8 @@ def assert_interrupted(data: dict[str, Any], out: str, sig: signal.Signals) -> N
     assert f"interrupted by {sig.name}" in out  # the summary so far, on stdout
 
 
-def assert_nothing_left(pgid: int) -> None:
-    assert group_members(pgid) == [], "processes of the load's group outlived it"
+def assert_nothing_left(group: ProcessGroup) -> None:
+    assert group.members() == [], "processes of the load's group outlived it"
 
 
 @pytest.mark.parametrize(
@@ -77,6 +77,7 @@ def test_a_stop_signal_keeps_the_figures_so_far(
     out_json = tmp_path / "load.json"
     with running_server() as srv:
         proc = start_load(srv.port, out_json, *args)
+        group = ProcessGroup.of(proc)  # before any wait
         try:
             ok_before = wait_for_load(proc)
             workers = children_of(proc.pid)
@@ -101,7 +102,7 @@ def test_a_stop_signal_keeps_the_figures_so_far(
         assert data["peak_open"] > 0
     if "--rate" in args:
         assert data["schedule"]["started"] > 0
-    assert_nothing_left(proc.pid)
+    assert_nothing_left(group)
     assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
 
 
@@ -123,6 +124,7 @@ def test_timeout_sends_sigterm_to_the_group_and_the_results_survive(tmp_path: Pa
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
             start_new_session=True,
         )  # fmt: skip
+        group = ProcessGroup.of(proc)  # before any wait
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     data = json.loads(out_json.read_text())
@@ -130,7 +132,7 @@ def test_timeout_sends_sigterm_to_the_group_and_the_results_survive(tmp_path: Pa
     seen = [int(m.group(1).replace(",", "")) for m in map(PROGRESS.match, err.splitlines()) if m]
     assert data["connections_ok"] >= max(seen, default=0)
     assert data["connections_ok"] > 0
-    assert_nothing_left(proc.pid)
+    assert_nothing_left(group)
 
 
 def test_a_worker_killed_outright_fails_the_run_but_the_others_figures_remain(
@@ -139,6 +141,7 @@ def test_a_worker_killed_outright_fails_the_run_but_the_others_figures_remain(
     out_json = tmp_path / "load.json"
     with running_server() as srv:
         proc = start_load(srv.port, out_json, "--duration", "4s", "--workers", "2")
+        group = ProcessGroup.of(proc)  # before any wait
         try:
             wait_for_load(proc)
             victim, survivor = sorted(children_of(proc.pid))
@@ -156,7 +159,7 @@ def test_a_worker_killed_outright_fails_the_run_but_the_others_figures_remain(
     assert "without a result (exit status -9)" in data["worker_failures"][0]
     assert data["connections_ok"] > 0  # the survivor's
     assert "worker failed" in out
-    assert_nothing_left(proc.pid)
+    assert_nothing_left(group)
     assert not Path(f"/proc/{survivor}").exists()
 
 

@@ -174,7 +174,7 @@ def test_twenty_reloads_under_load_refuse_nobody_and_adopt_every_child() -> None
         assert srv.proc.wait(30) == 0
     finally:
         srv.stop()
-        kill_tree(srv.pid)
+        kill_tree(srv.proc)
     assert time.monotonic() - stopped_at < 30
     lines = exit_lines(srv.log)
     for pid in adopted_pids:  # every adopted child: reaped, logged once, with its bytes
@@ -305,7 +305,7 @@ def test_a_broken_install_is_refused_in_one_line_and_a_fixed_one_is_run(installe
         c.close()
         assert srv.stop() == 0
     finally:
-        kill_tree(srv.pid)
+        kill_tree(srv.proc)
     assert "Traceback" not in srv.log
 
 
@@ -323,4 +323,4 @@ def test_a_vanished_interpreter_is_refused_in_one_line(installed: Path, tmp_path
             assert echo_once(c, b"still") == b"still"
         assert srv.stop() == 0
     finally:
-        kill_tree(srv.pid)
+        kill_tree(srv.proc)

@@ -417,7 +417,7 @@ def test_a_signal_mid_restart_stops_the_restart_command_and_reports(
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)
     finally:
-        kill_tree(proc.pid)
+        kill_tree(proc)
     assert proc.returncode == code, err
     assert "Traceback" not in err
     assert [p for p in tree if process_state(p) not in ("", "Z")] == []
@@ -444,7 +444,7 @@ def test_sigterm_in_local_mode_leaves_no_server_behind(tmp_path: Path) -> None:
         server = children_of(proc.pid)[0]
         _, err = freeze_then_terminate(proc, server)
     finally:
-        kill_tree(proc.pid)
+        kill_tree(proc)
     assert proc.returncode == 143, err
     assert process_state(server) in ("", "Z"), "the server outlived restart-check"
     assert "Traceback" not in err
@@ -471,7 +471,7 @@ def test_sigterm_after_the_stop_leaves_no_server_behind(tmp_path: Path) -> None:
         assert new is not None
         out, err = freeze_then_terminate(proc, new)
     finally:
-        kill_tree(proc.pid)
+        kill_tree(proc)
     assert proc.returncode == 143, err
     assert process_state(new) in ("", "Z") and process_state(first[0]) in ("", "Z")
     assert "INTERRUPTED" in out

@@ -414,7 +414,7 @@ def test_a_closed_log_pipe_neither_stops_nor_spins_the_server() -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:
-        kill_tree(proc.pid)
+        kill_tree(proc)
 
 
 def test_every_other_catchable_signal_is_ignored_with_a_line_and_kills_nothing() -> None:
@@ -723,4 +723,4 @@ def test_socket_activation_serves_on_the_inherited_listener_and_keeps_it_across_
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:
-        kill_tree(proc.pid)
+        kill_tree(proc)

@@ -42,12 +42,12 @@ def test_a_tree_is_seen_and_killed_whole() -> None:
         assert descendants_of(proc.pid) == [child, grandchild]
         assert parent_of(grandchild) == child
         assert sorted(group_members(proc.pid)) == sorted([proc.pid, child, grandchild])
-        kill_tree(proc.pid)
+        kill_tree(proc)
         proc.wait(5)
         _wait(lambda: process_state(grandchild) in ("", "Z") and process_state(child) in ("", "Z"))
         _wait(lambda: not group_members(proc.pid))
     finally:
-        kill_tree(proc.pid)
+        kill_tree(proc)
 
 
 def test_state_of_a_zombie_and_of_nothing() -> None:

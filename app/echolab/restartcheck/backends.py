@@ -26,7 +26,7 @@ import time
 
 from echolab.errors import EXIT_ADDR_IN_USE, EXIT_FAILED, EXIT_PERMISSION, EcholabError
 from echolab.netaddr import format_address
-from echolab.proctree import group_members, process_state
+from echolab.proctree import ProcessGroup, process_state, signal_process, start_time
 from echolab.ready import parse_ready
 from echolab.restartcheck.engine import Context, Plan
 from echolab.restartcheck.result import Result
@@ -39,20 +39,15 @@ STOP_WAIT = 10.0  # s for a process group to end after SIGTERM before SIGKILL
 OUTPUT_TAIL = 2000  # characters of a restart command's output kept in the result
 
 
-def stop_group(pgid: int, grace: float) -> int:
+def stop_group(group: ProcessGroup, grace: float) -> int:
     """SIGTERM a process group, SIGKILL what is left after `grace`; how many were left."""
-    members = group_members(pgid)
-    if not members:
-        return 0
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
+    members = group.signal(signal.SIGTERM)
     end = time.monotonic() + grace
-    while group_members(pgid) and time.monotonic() < end:
+    while members and group.members() and time.monotonic() < end:
         time.sleep(0.01)
-    if group_members(pgid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-    return len(members)
+    if members:
+        group.signal(signal.SIGKILL)
+    return members
 
 
 def _clean_env() -> dict[str, str]:
@@ -90,6 +85,7 @@ class ServeProcess:
             env=_clean_env(),
             start_new_session=True,  # Ctrl-C on our terminal is ours to handle, not the server's
         )
+        self.group = ProcessGroup.of(self.proc)  # now, before anything waits for the leader
         self.lines: list[str] = []
         self.ready: list[tuple[float, int, int]] = []  # (time, PID, port) of each ready line
         self.generations: list[tuple[float, int]] = []  # (time, generation) of reload lines
@@ -145,7 +141,7 @@ class ServeProcess:
                 self.proc.send_signal(signal.SIGCONT)  # a stopped process acts on it only so
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(STOP_WAIT)
-        stop_group(self.proc.pid, 1.0)
+        stop_group(self.group, 1.0)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
         self._reader.join(2)
@@ -321,6 +317,7 @@ class SocketActivationBackend:
         self.tool = shutil.which("systemd-socket-activate")
         self.tree: ServeProcess | None = None
         self.server_pid = 0
+        self.server_started: int | None = None  # its start time: a PID alone may be reused
         self.before_pid = 0
 
     def start(self, ctx: Context) -> tuple[str, int]:
@@ -349,13 +346,14 @@ class SocketActivationBackend:
             if self.tree.wait_ready(deadline) is not None:
                 raise EcholabError(f"the server did not start: {self.tree.last_line()}")
         self.server_pid = self.before_pid = self.tree.ready[0][1]
+        self.server_started = start_time(self.server_pid)
         return p.host, port
 
     def restart(self, ctx: Context) -> None:
         assert self.tree is not None
         old = self.server_pid
         ctx.timeline.mark("stop", f"SIGTERM to PID {old}")
-        os.kill(old, signal.SIGTERM)
+        signal_process(old, signal.SIGTERM, self.server_started)
         seen = len(self.tree.ready)
         exited = False
         while time.monotonic() < ctx.deadline and not self.gave_up():
@@ -366,6 +364,7 @@ class SocketActivationBackend:
                 ctx.sample_now("before-bind")
             if exited and len(self.tree.ready) > seen:
                 t, self.server_pid, _ = self.tree.ready[seen]
+                self.server_started = start_time(self.server_pid)
                 ctx.timeline.mark("bound", f"PID {self.server_pid} took over the listener", t=t)
                 ctx.sample_now("after-bind")
                 return
@@ -389,10 +388,9 @@ class SocketActivationBackend:
         if self.tree is None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.tree.pid, signal.SIGTERM)
+            self.tree.proc.send_signal(signal.SIGTERM)  # a Popen: never a waited-for PID
         if self.server_pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.server_pid, signal.SIGTERM)
+            signal_process(self.server_pid, signal.SIGTERM, self.server_started)
         self.tree.stop()
 
 
@@ -407,6 +405,7 @@ class CommandBackend:
         self.command = command
         self.target = target
         self.proc: subprocess.Popen[str] | None = None
+        self.group: ProcessGroup | None = None
         self.output: list[str] = []
         self.status: int | None = None
         self._reader: threading.Thread | None = None
@@ -426,6 +425,7 @@ class CommandBackend:
             text=True,
             start_new_session=True,  # its own process group: stopped as a whole if need be
         )
+        self.group = ProcessGroup.of(self.proc)  # now, before anything waits for the leader
         proc = self.proc
         self._reader = threading.Thread(target=lambda: self.output.extend(proc.stdout or []))
         self._reader.daemon = True
@@ -433,7 +433,7 @@ class CommandBackend:
         while proc.poll() is None and time.monotonic() < ctx.deadline:
             time.sleep(0.01)
         if proc.poll() is None:
-            n = stop_group(proc.pid, 1.0)
+            n = stop_group(self.group, 1.0)
             proc.wait(5)
             raise EcholabError(
                 f"the restart command did not finish within {self.plan.timeout:g} s "
@@ -478,7 +478,7 @@ class CommandBackend:
     def close(self) -> None:
         """A command still running (interrupted) is stopped with its whole process group; one
         that finished may have started the new server in that group: that one stays."""
-        if self.proc is not None and self.proc.poll() is None:
-            stop_group(self.proc.pid, 1.0)
+        if self.proc is not None and self.group is not None and self.proc.poll() is None:
+            stop_group(self.group, 1.0)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(5)
