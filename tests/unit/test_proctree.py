@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 
 from echolab.proctree import (
+    ProcessGroup,
     children_of,
     descendants_of,
     group_members,
     kill_tree,
     parent_of,
     process_state,
+    signal_process,
 )
 
 # A parent that starts a child that starts a grandchild, all sleeping, in a session of its own.
@@ -58,3 +61,31 @@ def test_state_of_a_zombie_and_of_nothing() -> None:
     proc.wait()
     assert process_state(proc.pid) == ""
     assert parent_of(proc.pid) is None
+
+
+def test_a_group_whose_id_names_another_process_is_never_signalled() -> None:
+    """The recorded leader's start time is the group's identity: a process now holding the
+    number with another start time (a reused PID) is left alone."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                            start_new_session=True)  # fmt: skip
+    try:
+        group = ProcessGroup.of(proc)
+        assert group.members() == [proc.pid]
+        stranger = ProcessGroup(proc.pid)
+        assert stranger.started is not None
+        stranger.started -= 1  # as if the number had belonged to an earlier process
+        assert stranger.members() == []
+        assert stranger.signal(signal.SIGKILL) == 0
+        assert process_state(proc.pid) not in ("", "Z")  # untouched
+        assert group.signal(signal.SIGKILL) == 1
+        proc.wait(5)
+        assert group.members() == []
+    finally:
+        kill_tree(proc)
+
+
+def test_kill_tree_of_a_waited_for_popen_signals_nothing() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    kill_tree(proc)  # its PID may name another process by now: nothing is sent
+    assert not signal_process(proc.pid, signal.SIGKILL, None)
