@@ -6,7 +6,7 @@ Linux only; standard library only.
 
 PID numbers are reused, and soon: pid_max is 32,768 on the machines this was built on and a test
 run forks tens of thousands of processes. A signal sent to a number whose process is gone can
-hit a stranger (it once ended another engineer's VMs). So nothing here signals a bare number:
+hit a stranger (a VM, the Docker daemon, the CI runner). So nothing here signals a bare number:
 `kill_tree` pins each process with a pidfd and checks its start time before signalling it, and
 `ProcessGroup` signals a group only while the group is still the one that was created.
 """
