@@ -28,7 +28,7 @@ if [[ $(id -u) -eq 0 ]]; then
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
   sudo=(sudo -n)
 else
-  die "'$cmd' is missing: run 'sudo apt-get install $pkg $*' (make installs it itself as root or with password-less sudo)"
+  die "'$cmd' is missing: run 'sudo apt-get install $pkg${*:+ $*}' (make installs it itself as root or with password-less sudo)"
 fi
 
 # shellcheck disable=SC2206  # the apt-get command may carry its own arguments

@@ -40,7 +40,7 @@ LAB_ALL = $(LAB_COMPOSE) --profile load --profile check
 LAB_IMAGES := echolab/server echolab/loadgen
 # `make test-lab` runs tests/lab once per Compose here (`|` between commands), each in a project
 # of its own; an implementation that is missing is skipped, or a failure under CI=true.
-TEST_LAB_COMPOSE ?= $(PROJECT_COMPOSE)|docker-compose
+TEST_LAB_COMPOSE ?= $(COMPOSE)|$(PROJECT_COMPOSE)|docker-compose
 
 .PHONY: docker-check compose-check base-image images lab-images-present lab-up lab-wait-healthy lab-load \
 	lab-restart-check lab-sockets lab-logs lab-ps lab-down lab-clean test-lab
@@ -65,8 +65,8 @@ images: docker-check base-image wheelhouse ## Build echolab/server and echolab/l
 	@for name in server loadgen; do \
 	  echo "lab: building echolab/$$name:$(VERSION) FROM $(BASE_IMAGE)"; \
 	  $(DOCKER) build --quiet --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg ECHOLAB_VERSION=$(VERSION) \
-	    -f docker/Dockerfile --target $$name -t echolab/$$name:$(VERSION) -t echolab/$$name:latest . >/dev/null \
-	    || { echo "lab: building echolab/$$name failed" >&2; exit 1; }; \
+	    -f docker/Dockerfile --target $$name -t echolab/$$name:$(VERSION) -t echolab/$$name:latest . \
+	    >out/docker-build.log 2>&1 || { cat out/docker-build.log >&2; echo "lab: building echolab/$$name failed" >&2; exit 1; }; \
 	done
 	@# A rebuild leaves the previous image untagged: drop those, and build stages older than a day
 	@# (the newest stay as the layer cache).
