@@ -209,4 +209,4 @@ def test_a_difference_between_two_composes_fails_with_both_outputs() -> None:
         test_lab.OBSERVED.pop(what, None)
     message = str(failed.value)
     assert "Compose 5.6.1 and Compose 1.29.2 differ" in message
-    assert re.search(r'^! +"pids_limit": 600 +\| "pids_limit": "600"$', message, re.MULTILINE)
+    assert re.search(r'^! +"pids_limit": 600 +\| +"pids_limit": "600"$', message, re.MULTILINE)
