@@ -61,7 +61,10 @@ base-image: docker-check ## Build echolab/base:bookworm with mmdebstrap from the
 	  DOCKER=$(DOCKER) docker/base/build.sh --tag $(BASE_IMAGE) $(if $(BASE_INCLUDE),--include $(BASE_INCLUDE)); \
 	else echo "base-image: using BASE_IMAGE=$(BASE_IMAGE) (pulled by docker build when missing)"; fi
 
-images: docker-check base-image wheelhouse ## Build echolab/server and echolab/loadgen from the current sources (offline)
+# The base image (mmdebstrap: network and dpkg) and the wheelhouse (the venv, uv, pip) do not
+# depend on each other: they are made side by side (figures in README.md, "Set-up").
+images: docker-check ## Build echolab/server and echolab/loadgen from the current sources (offline)
+	@$(MAKE) -j2 base-image wheelhouse
 	@for name in server loadgen; do \
 	  echo "lab: building echolab/$$name:$(VERSION) FROM $(BASE_IMAGE)"; \
 	  $(DOCKER) build --quiet --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg ECHOLAB_VERSION=$(VERSION) \
@@ -75,7 +78,7 @@ images: docker-check base-image wheelhouse ## Build echolab/server and echolab/l
 	@for image in $(BASE_IMAGE) $(foreach i,$(LAB_IMAGES),$(i):$(VERSION)); do \
 	  echo "  $$image  $$(( $$($(DOCKER) image inspect -f '{{.Size}}' $$image) / 1000000 )) MB"; done
 
-lab-up: compose-check images ## Build what is missing, start the server, wait until it is healthy
+lab-up: docker-check images compose-check ## Build what is missing, start the server, wait until it is healthy
 	@echo "lab: Compose $$($(COMPOSE) version --short) ($(COMPOSE)), project $(COMPOSE_PROJECT_NAME)"
 	@echo "lab: $(COMPOSE) -p $(COMPOSE_PROJECT_NAME) up -d server"
 	@if $(COMPOSE) version --short | grep -q '^v\?1\.'; then \
