@@ -25,7 +25,7 @@ UV ?= $(VENV)/bin/uv
 UV_SYNC = UV_PROJECT_ENVIRONMENT="$(abspath $(VENV))" UV_PYTHON_DOWNLOADS=never \
 	$(UV) sync --locked --inexact --quiet
 
-.PHONY: help venv venv-lab venv-infra lock lock-check lock-versions lint lint-extra typecheck test test-unit \
+.PHONY: help venv venv-lab venv-infra lock lock-upgrade lock-check lock-versions lint lint-extra typecheck test test-unit \
 	test-integration check clean serve
 
 ##@ Set-up
@@ -58,7 +58,11 @@ venv: $(VENV)/.sync-lab+load+test+lint ## The venv with the project, the test to
 
 venv-infra: venv $(VENV)/.sync-infra ## Add Ansible, Molecule and their linters to the venv (~600 MB; the Ansible targets install it)
 
-lock: $(VENV)/.uv-$(UV_VERSION) ## Refresh uv.lock: the newest versions pyproject.toml allows (then run make test)
+lock: $(VENV)/.uv-$(UV_VERSION) ## Update uv.lock to pyproject.toml, keeping every pin it can (after editing dependencies)
+	$(UV) lock
+	@$(MAKE) lock-versions
+
+lock-upgrade: $(VENV)/.uv-$(UV_VERSION) ## Refresh uv.lock to the newest versions pyproject.toml allows (then run make test)
 	$(UV) lock --upgrade
 	@$(MAKE) lock-versions
 
