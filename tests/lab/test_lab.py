@@ -33,6 +33,7 @@ COMPOSES = discover()
 DOCKER = os.environ.get("DOCKER", "docker")
 # What each test observed, per implementation: {what: {Compose label: observation}}.
 OBSERVED: dict[str, dict[str, Any]] = {}
+IMAGES_REMOVED: list[bool] = []  # under CI=true, once per run
 # The restart check's facts that both implementations must report alike (no times).
 RESTART_FACTS = (
     "verdict",
@@ -152,9 +153,9 @@ def ok(proc: subprocess.CompletedProcess[str]) -> str:
 def remove_lab_images_once() -> None:
     """Under CI=true, start from an engine without the project's images: make must build them.
     Once per run: the second implementation uses what the first one's make built."""
-    if os.environ.get("CI", "").lower() != "true" or OBSERVED.get("images removed"):
+    if os.environ.get("CI", "").lower() != "true" or IMAGES_REMOVED:
         return
-    OBSERVED["images removed"] = {"": True}
+    IMAGES_REMOVED.append(True)
     images = docker(
         "image", "ls", "-q",
         "--filter", "reference=echolab/server", "--filter", "reference=echolab/loadgen",
