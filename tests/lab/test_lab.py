@@ -17,6 +17,7 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -222,13 +223,13 @@ def test_images_hold_the_current_sources_and_run_as_non_root(up: Lab) -> None:
     # The installed package is byte for byte the wheel this make run built, and (in CI, where
     # nobody edits the tree meanwhile) that wheel holds the working tree's sources.
     wheel = {
-        Path(name).name: hashlib.sha256(data).hexdigest()
+        name.removeprefix("echolab/"): hashlib.sha256(data).hexdigest()
         for name, data in wheel_files(ROOT / "out" / "wheelhouse", tag).items()
     }
     script = (
         "import hashlib, json, pathlib, echolab; d = pathlib.Path(echolab.__file__).parent; "
-        "print(json.dumps({p.name: hashlib.sha256(p.read_bytes()).hexdigest() "
-        "for p in d.glob('*.py')}))"
+        "print(json.dumps({str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() "
+        "for p in d.rglob('*.py')}))"
     )
     for image in ("server", "loadgen"):
         out = docker(
@@ -409,6 +410,13 @@ def test_a_connection_flood_ends_at_the_pids_limit_and_the_server_survives(up: L
     assert up.inspect(cid)["State"]["Running"] is True
     probe = docker("exec", cid, "echolab", "probe", "--target", "127.0.0.1:7007", check=False)
     assert probe.returncode == 0, probe.stderr
+    # Its health check forks in the container too: during the flood it failed, and the engine may
+    # call the server unhealthy. The server survived; wait until the engine sees it healthy again
+    # (the next tests start from a healthy lab).
+    deadline = time.monotonic() + 120
+    while up.inspect(cid)["State"]["Health"]["Status"] != "healthy":
+        assert time.monotonic() < deadline, "the server never became healthy again after the flood"
+        time.sleep(1)
     same_under_every_compose(
         up,
         "a connection flood at a pids limit of 16",
