@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from harness import role_defaults
-from properties import check_loadgen, check_server, unit_settings
+from harness import Outcome, role_defaults, run_cases
+from properties import as_bool, check_loadgen, check_server, unit_settings
 
 INJECT = "\nExecStartPre=+/bin/sh -c 'id > /tmp/pwned'"
 
@@ -108,70 +108,51 @@ LOADGEN_ACCEPTED: list[dict[str, Any]] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server_outcomes(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from harness import run_cases
-
-    cases = [case for case, _ in SERVER_REFUSED] + SERVER_ACCEPTED
-    return dict(
-        zip(
-            map(repr, cases),
-            run_cases("echo_server", cases, tmp_path_factory.mktemp("s")),
-            strict=True,
-        )
-    )
+REFUSED = [("echo_server", case, name) for case, name in SERVER_REFUSED] + [
+    ("echo_loadgen", case, name) for case, name in LOADGEN_REFUSED
+]
 
 
 @pytest.fixture(scope="module")
-def loadgen_outcomes(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from harness import run_cases
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Outcome]]:
+    """Every case of each role, run once per role and keyed by the case's repr."""
+    by_role = {}
+    for role, cases in (
+        ("echo_server", [case for case, _ in SERVER_REFUSED] + SERVER_ACCEPTED),
+        ("echo_loadgen", [case for case, _ in LOADGEN_REFUSED] + LOADGEN_ACCEPTED),
+    ):
+        results = run_cases(role, cases, tmp_path_factory.mktemp(role))
+        by_role[role] = {repr(c): o for c, o in zip(cases, results, strict=True)}
+    return by_role
 
-    cases = [case for case, _ in LOADGEN_REFUSED] + LOADGEN_ACCEPTED
-    return dict(
-        zip(
-            map(repr, cases),
-            run_cases("echo_loadgen", cases, tmp_path_factory.mktemp("l")),
-            strict=True,
-        )
-    )
 
-
-def reference_keys(outcomes: dict[str, Any], socket_activation: bool) -> list[tuple[str, str]]:
+def reference_keys(outcomes: dict[str, Outcome], socket_activation: bool) -> list[tuple[str, str]]:
     base = outcomes[repr({"echo_server_socket_activation": True} if socket_activation else {})]
     return [(s, k) for s, k, _ in unit_settings(base.rendered["service"])]
 
 
-@pytest.mark.parametrize(("case", "name"), SERVER_REFUSED, ids=[n for _, n in SERVER_REFUSED])
-def test_server_refuses(server_outcomes: Any, case: dict[str, Any], name: str) -> None:
-    outcome = server_outcomes[repr(case)]
-    assert outcome.rejected, f"{case!r} was accepted:\n{outcome.rendered.get('service', '')}"
+@pytest.mark.parametrize(("role", "case", "name"), REFUSED, ids=[n for _, _, n in REFUSED])
+def test_refuses(outcomes: Any, role: str, case: dict[str, Any], name: str) -> None:
+    outcome = outcomes[role][repr(case)]
+    assert outcome.rejected, f"{case!r} was accepted: {outcome.rendered}"
     assert name in outcome.message, outcome.message
 
 
 @pytest.mark.parametrize("case", SERVER_ACCEPTED, ids=map(repr, SERVER_ACCEPTED))
-def test_server_renders_what_it_is_given(server_outcomes: Any, case: dict[str, Any]) -> None:
-    from properties import as_bool
-
-    defaults = role_defaults("echo_server")
+def test_server_renders_what_it_is_given(outcomes: Any, case: dict[str, Any]) -> None:
+    server = outcomes["echo_server"]
     socket = as_bool(case.get("echo_server_socket_activation", False))
-    check_server(server_outcomes[repr(case)], defaults, reference_keys(server_outcomes, socket))
+    check_server(server[repr(case)], role_defaults("echo_server"), reference_keys(server, socket))
 
 
-def test_environment_values_are_quoted(server_outcomes: Any) -> None:
+def test_environment_values_are_quoted(outcomes: Any) -> None:
     """systemd.syntax(7): each Environment= assignment one double-quoted word."""
-    settings = unit_settings(server_outcomes[repr({})].rendered["service"])
+    settings = unit_settings(outcomes["echo_server"][repr({})].rendered["service"])
     env = [value for _, key, value in settings if key == "Environment"]
     assert len(env) == 9
     assert all(v.startswith('"ECHOLAB_') and v.endswith('"') for v in env), env
 
 
-@pytest.mark.parametrize(("case", "name"), LOADGEN_REFUSED, ids=[n for _, n in LOADGEN_REFUSED])
-def test_loadgen_refuses(loadgen_outcomes: Any, case: dict[str, Any], name: str) -> None:
-    outcome = loadgen_outcomes[repr(case)]
-    assert outcome.rejected, f"{case!r} was accepted: {outcome.rendered}"
-    assert name in outcome.message, outcome.message
-
-
 @pytest.mark.parametrize("case", LOADGEN_ACCEPTED, ids=map(repr, LOADGEN_ACCEPTED))
-def test_loadgen_runs_what_it_is_given(loadgen_outcomes: Any, case: dict[str, Any]) -> None:
-    check_loadgen(loadgen_outcomes[repr(case)], role_defaults("echo_loadgen"))
+def test_loadgen_runs_what_it_is_given(outcomes: Any, case: dict[str, Any]) -> None:
+    check_loadgen(outcomes["echo_loadgen"][repr(case)], role_defaults("echo_loadgen"))
