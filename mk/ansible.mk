@@ -60,9 +60,8 @@ collection-install: collection
 	  -p $(COLLECTIONS_PATH) $(COLLECTION) >/dev/null
 	@echo "collection: installed into $(COLLECTIONS_PATH)"
 
-ansible-test: venv collection-install ## Role input tests: validation, injection, stale results, fuzzing (no hosts)
-	ANSIBLE_COLLECTIONS_PATH="$(abspath $(COLLECTIONS_PATH))" PATH="$(abspath $(VENV))/bin:$$PATH" \
-	  $(PY) -m pytest ansible/tests $(ANSIBLE_TEST_ARGS)
+ansible-test: venv collection molecule-image ## Role input tests: validation, injection, fuzzing, preflight, stale results, the tarball
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest ansible/tests $(ANSIBLE_TEST_ARGS)
 
 # One image per suite: the mmdebstrap base with systemd (skipped when present), then
 # docker/molecule/Dockerfile on top (cached by the engine).
@@ -71,7 +70,7 @@ molecule-image: ## Build the Molecule platform images echolab/molecule:<suite> (
 	  || { echo "molecule: the Docker engine is unreachable ('$(DOCKER) info' failed)" >&2; exit 1; }
 	@DOCKER=$(DOCKER) MOLECULE_INCLUDE=$(MOLECULE_INCLUDE) docker/molecule/build.sh $(MOLECULE_SUITES)
 
-molecule: venv ansible-test molecule-image ## The role input tests, then every Molecule scenario, offline (one: make molecule-<scenario>)
+molecule: venv molecule-image ansible-test collection-install ## The role input tests, then every Molecule scenario, offline (one: make molecule-<scenario>)
 	@for s in $(MOLECULE_SCENARIOS); do \
 	  start=$$(date +%s); \
 	  ( $(MOLECULE) test -s $$s $(MOLECULE_ARGS) ) || { echo "molecule: scenario $$s FAILED" >&2; exit 1; }; \
