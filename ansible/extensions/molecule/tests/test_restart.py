@@ -1,7 +1,9 @@
 """The headline check on a host provisioned by echo_server: restart the service while clients
 are connected. With SO_REUSEADDR it binds while server-side TIME_WAIT sockets linger; without
-it (echo_server_reuseaddr: false) the restart fails with EADDRINUSE, and the service comes
-back by itself (Restart=on-failure) once the TIME_WAIT sockets expire.
+it (echo_server_reuseaddr: false) the restart fails with EADDRINUSE, and systemd goes on
+trying (Restart=on-failure) until the TIME_WAIT sockets expire. That the service does come back
+then (about a minute later) is echolab.lab.verify_restart's to wait for and prove; this test
+leaves a negative-control host recovering on its own.
 
 `echolab restart-check` is the one judge, on the server's own host (TIME_WAIT can only be read
 in the server's network namespace): its verdict and exit status (0 pass, 1 fail, 3 invalid).
@@ -12,10 +14,9 @@ here re-judges it by its timings, which are only reported.
 from __future__ import annotations
 
 import shlex
-import time
 from typing import Any
 
-from conftest import run_json
+from conftest import run_json, unit_properties
 
 testinfra_hosts = ["ansible://server"]
 
@@ -40,10 +41,7 @@ def test_restart_under_time_wait(host: Any, server: dict[str, Any], as_root: Any
         probe = host.run(shlex.join([server["bin"], "probe", "--target", server["probe_target"]]))
         assert probe.rc == 0, probe.stderr
         return
-    # The negative control: the service comes back by itself once the TIME_WAIT sockets expire.
-    deadline = time.monotonic() + float(server["verify_recover_timeout"])
-    probe_cmd = shlex.join([server["bin"], "probe", "--quiet", "--target", server["probe_target"]])
-    while host.run(probe_cmd).rc != 0:
-        assert time.monotonic() < deadline, "the service did not come back after TIME_WAIT"
-        time.sleep(5)
-    assert host.service(server["unit"]).is_running
+    # The negative control: the unit is not failed; systemd keeps starting it until it binds.
+    state = unit_properties(host, server["unit"], "ActiveState", "Restart", "Result")
+    assert state["Restart"] == "on-failure", state
+    assert state["ActiveState"] in ("activating", "active"), state
