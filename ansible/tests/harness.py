@@ -6,7 +6,8 @@ validate_argument_spec with the role's meta/argument_specs.yml), then the role's
 vectors rendered. A case ends in exactly one of: a failure of the spec or of the bound checks
 (a clean validation failure, with its message), a failure anywhere else (a bug), or rendered
 output. Every string a case sets is tagged !unsafe, so Ansible never evaluates it as a
-template: it arrives as text, the way an inventory's hostile value would.
+template: it arrives as text, the way an inventory's hostile value would. (Strings without a
+template marker go untagged: Ansible never evaluates those.)
 
 The roles come from ECHOLAB_COLLECTION_DIR (default: this repository's ansible/), so the same
 tests can be pointed at another tree, e.g. an older checkout's, to show what it lets through.
@@ -71,8 +72,9 @@ def _unsafe(dumper: yaml.SafeDumper, value: Unsafe) -> yaml.ScalarNode:
 def _mark_unsafe(value: Any) -> Any:
     """Every string inside a case's value, marked Unsafe (dict keys stay plain)."""
     if isinstance(value, str):
-        # An empty string has nothing to evaluate (and `!unsafe ""` would load as null).
-        return Unsafe(value) if value else value
+        # Only text with a template marker needs the tag (Ansible's loader also mistakes some
+        # tagged scalars for other YAML types: `!unsafe ""` loads as null, `!unsafe "="` fails).
+        return Unsafe(value) if any(m in value for m in ("{{", "{%", "{#")) else value
     if isinstance(value, list):
         return [_mark_unsafe(v) for v in value]
     if isinstance(value, dict):

@@ -14,12 +14,10 @@ import re
 import shlex
 from typing import Any
 
+from ansible.module_utils.common.validation import check_type_int
+from ansible.module_utils.parsing.convert_bool import boolean
 from harness import Outcome
 
-# Ansible's own spellings of a boolean (ansible.module_utils.parsing.convert_bool); 1 also
-# stands for 1.0 and True in a set, 0 for 0.0 and False.
-TRUE = {"yes", "on", "1", "true", "y", "t", 1}
-FALSE = {"no", "off", "0", "false", "n", "f", 0}
 ESCAPES = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "t": "\t", "r": "\r", "s": " "}
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?$")
@@ -27,13 +25,13 @@ UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def as_bool(value: Any) -> bool:
-    """What Ansible's `| bool` and argument validation make of a boolean input."""
-    key = value.lower() if isinstance(value, str) else value
-    if key in TRUE:
-        return True
-    if key in FALSE:
-        return False
-    raise AssertionError(f"{value!r} passed validation as a boolean")
+    """What argument validation and `| bool` make of a boolean input (Ansible's own rule)."""
+    return boolean(value, strict=True)
+
+
+def as_int(value: Any) -> int:
+    """What argument validation makes of an integer input ("1e3" is 1000 to it)."""
+    return int(check_type_int(value))
 
 
 def systemd_words(value: str, *, command: bool) -> list[str]:
@@ -118,7 +116,7 @@ def check_server(outcome: Outcome, defaults: dict[str, Any], reference: list[Any
     env = dict(w[0].split("=", 1) for w in words)
     assert len(env) == len(words) == 9, values["Environment"]
     install = str(v["echo_server_install_dir"])
-    port = int(v["echo_server_port"])
+    port = as_int(v["echo_server_port"])
     assert 1 <= port <= 65535
     assert env["ECHOLAB_HOST"] == str(v["echo_server_host"])
     assert env["ECHOLAB_PORT"] == str(port)

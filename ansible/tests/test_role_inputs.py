@@ -68,6 +68,8 @@ SERVER_ACCEPTED: list[dict[str, Any]] = [
     {"echo_server_host": "127.0.0.1", "echo_server_port": 1},
     {"echo_server_host": "server-1.example.net", "echo_server_port": 65535},
     {"echo_server_port": "7100", "echo_server_backlog": "1"},
+    # Argument validation reads "1e3" as the integer 1000; the unit must say 1000 too.
+    {"echo_server_port": "1e3"},
     {"echo_server_grace": 0, "echo_server_idle_timeout": 0},
     {"echo_server_grace": 0.25, "echo_server_idle_timeout": 86400},
     {"echo_server_reuseaddr": "no"},
