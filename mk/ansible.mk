@@ -32,11 +32,7 @@ PIP_WHEEL_DIR := out/ansible/pip
 MOLECULE = cd ansible && PATH="$(abspath $(VENV))/bin:$$PATH" ANSIBLE_FORCE_COLOR=$${ANSIBLE_FORCE_COLOR:-0} \
 	ANSIBLE_COLLECTIONS_PATH="$(abspath $(COLLECTIONS_PATH))" $(abspath $(VENV))/bin/molecule
 
-.PHONY: collection collection-install ansible-test molecule molecule-image ansible-wheelhouse \
-	ansible-lint molecule-clean
-
-# The roles install from the shared wheelhouse (mk/wheels.mk).
-ansible-wheelhouse: wheelhouse
+.PHONY: collection collection-install ansible-test molecule molecule-image ansible-lint molecule-clean
 
 collection: venv wheelhouse ## Build the collection echolab.lab with the hosts' wheels inside (out/echolab-lab-VERSION.tar.gz)
 	@[[ "$(COLLECTION_VERSION)" == "$(VERSION)" ]] || { echo "collection: ansible/galaxy.yml says \
