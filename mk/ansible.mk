@@ -24,7 +24,8 @@ COLLECTION_VERSION := $(shell sed -n 's/^version: *//p' ansible/galaxy.yml)
 COLLECTION := out/echolab-lab-$(COLLECTION_VERSION).tar.gz
 COLLECTION_SRC := out/ansible/collection-src
 COLLECTIONS_PATH := out/ansible/collections
-# pip's wheel, the version of $(VENV)'s pip (so the lock decides it), fetched once.
+# pip's wheel, fetched once from PyPI at the version of $(VENV)'s pip (out/ansible/pip; remove it
+# to fetch again). Any pip that runs on Python 3.11 does; it never stays on the hosts.
 PIP_WHEEL_DIR := out/ansible/pip
 
 # Molecule runs from the collection root with the venv's tools on PATH and the installed
