@@ -14,7 +14,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 docker="${DOCKER:-docker}"
-include="${MOLECULE_INCLUDE:-systemd,systemd-sysv,dbus,python3-apt,sudo}"
+include="${MOLECULE_INCLUDE:-systemd,systemd-sysv,dbus,sudo,openssh-server}"
 (($#)) || set -- bookworm
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/echolab-molecule.XXXXXX")

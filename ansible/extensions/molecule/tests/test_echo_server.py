@@ -1,6 +1,7 @@
 """The state echo_server leaves on a host: a hardened, running systemd service that echoes.
 
-Every assertion reads the host's real state (systemctl, ss, /proc, a real round trip).
+Every assertion reads the host's real state (systemctl, ss, /proc, a real round trip) against
+what the role recorded it configured (its facts file).
 """
 
 from __future__ import annotations
@@ -27,19 +28,20 @@ def test_unit_is_enabled_and_active(host: Any, server: dict[str, Any]) -> None:
     service = host.service(server["unit"])
     assert service.is_enabled
     assert service.is_running
-    if server["echo_server_socket_activation"]:
+    if server["socket_activation"]:
         socket_unit = host.service(server["socket_unit"])
         assert socket_unit.is_enabled
         assert socket_unit.is_running
 
 
-def test_server_runs_as_the_system_user(host: Any, server: dict[str, Any]) -> None:
-    user = host.user(server["echo_server_user"])
+def test_server_runs_as_the_system_user(host: Any, server: dict[str, Any], as_root: Any) -> None:
+    user = host.user(server["user"])
     assert user.exists
     assert user.uid < 1000, "a system account"
     assert user.shell == "/usr/sbin/nologin"
     pid = main_pid(host, server)
-    status = host.file(f"/proc/{pid}/status").content_string
+    with as_root():
+        status = host.file(f"/proc/{pid}/status").content_string
     uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)", status, re.MULTILINE)
     assert uids is not None
     assert {int(uids.group(1)), int(uids.group(2))} == {user.uid}
@@ -52,19 +54,13 @@ def test_server_runs_as_the_system_user(host: Any, server: dict[str, Any]) -> No
 
 
 def test_environment_carries_every_server_option(host: Any, server: dict[str, Any]) -> None:
+    """The unit's environment as systemd parsed it: every option, each value exactly once."""
     env = unit_properties(host, server["unit"], "Environment")["Environment"]
-    pairs = dict(item.split("=", 1) for item in shlex.split(env))
-    assert pairs == {
-        "ECHOLAB_HOST": str(server["echo_server_host"]),
-        "ECHOLAB_PORT": str(server["echo_server_port"]),
-        "ECHOLAB_BACKLOG": str(server["echo_server_backlog"]),
-        "ECHOLAB_NO_REUSEADDR": "0" if server["echo_server_reuseaddr"] else "1",
-        "ECHOLAB_MAX_CHILDREN": str(server["echo_server_max_children"]),
-        "ECHOLAB_IDLE_TIMEOUT": str(server["echo_server_idle_timeout"]),
-        "ECHOLAB_GRACE": str(server["echo_server_grace"]),
-        "ECHOLAB_LOG_LEVEL": str(server["echo_server_log_level"]),
-        "ECHOLAB_LOG_FORMAT": str(server["echo_server_log_format"]),
-    }
+    pairs = [item.split("=", 1) for item in shlex.split(env)]
+    assert len(pairs) == len(dict(pairs)), env
+    assert dict(pairs) == {key: str(value) for key, value in server["environment"].items()}
+    assert dict(pairs)["ECHOLAB_PORT"] == str(server["port"])
+    assert dict(pairs)["ECHOLAB_NO_REUSEADDR"] == ("0" if server["reuseaddr"] else "1")
 
 
 def test_unit_is_written_for_a_forking_server(host: Any, server: dict[str, Any]) -> None:
@@ -74,13 +70,13 @@ def test_unit_is_written_for_a_forking_server(host: Any, server: dict[str, Any])
     assert props["KillMode"] == "mixed", "SIGTERM to the parent only: it drains its children"
     assert props["KillSignal"] == "15"
     assert props["Restart"] == "on-failure"
-    assert int(props["TasksMax"]) > int(server["echo_server_max_children"])
+    assert int(props["TasksMax"]) > int(server["max_children"])
     # systemctl prints TimeoutStopUSec as e.g. "11s" or "1min 5s".
     stop_s = sum(
         float(n) * {"min": 60, "s": 1, "ms": 0.001}[unit]
         for n, unit in re.findall(r"([\d.]+)(min|ms|s)\b", props["TimeoutStopUSec"])
     )
-    assert stop_s > float(server["echo_server_grace"]) + 1
+    assert stop_s > float(server["grace"]) + 1
 
 
 def test_unit_hardening(host: Any, server: dict[str, Any]) -> None:
@@ -109,7 +105,7 @@ def test_unit_hardening(host: Any, server: dict[str, Any]) -> None:
     }
     props = unit_properties(host, server["unit"], *expected, "SystemCallFilter", "User")
     assert {k: props[k] for k in expected} == expected
-    assert props["User"] == server["echo_server_user"]
+    assert props["User"] == server["user"]
     # An allow list (no leading ~) that lets the server fork, splice and accept, not reboot.
     filt = props["SystemCallFilter"].split()
     assert filt[0] != "~"
@@ -117,17 +113,33 @@ def test_unit_hardening(host: Any, server: dict[str, Any]) -> None:
     assert "reboot" not in filt and "mount" not in filt
 
 
-def test_exposure_is_at_most_two(host: Any, server: dict[str, Any]) -> None:
-    out = host.check_output(f"systemd-analyze security --no-pager {server['unit']}")
+def test_unit_runs_only_its_own_commands(host: Any, server: dict[str, Any]) -> None:
+    """No input can add a command to the unit: exactly one ExecStart and one ExecStartPost,
+    both the role's, and nothing run before the start (an ExecStartPre=+ would run as root)."""
+    props = unit_properties(host, server["unit"], "ExecStartPre", "ExecStart", "ExecStartPost")
+    assert props.get("ExecStartPre", "") == ""
+    assert props["ExecStart"].count("path=") == 1
+    assert f"path={server['bin']} " in props["ExecStart"]
+    assert props["ExecStartPost"].count("path=") == 1
+    assert f"path={server['install_dir']}/wait-ready " in props["ExecStartPost"]
+
+
+def test_exposure_is_at_most_two(host: Any, server: dict[str, Any], as_root: Any) -> None:
+    with as_root():
+        out = host.check_output(
+            f"systemd-analyze security --no-pager -- {shlex.quote(server['unit'])}"
+        )
     match = re.search(r"Overall exposure level for \S+: ([\d.]+)", out)
     assert match, out[-500:]
     assert float(match.group(1)) <= MAX_EXPOSURE, out
 
 
-def test_listener_is_owned_by_the_main_process_only(host: Any, server: dict[str, Any]) -> None:
+def test_listener_is_owned_by_the_main_process_only(
+    host: Any, server: dict[str, Any], as_root: Any
+) -> None:
     """Children close their copy of the listener: with a client connected (so one child
     exists), only the parent (and systemd, under socket activation) holds the LISTEN socket."""
-    port = server["echo_server_port"]
+    port = int(server["port"])
     hold = (
         "import socket, time; "
         f"s = socket.create_connection(('127.0.0.1', {port})); s.sendall(b'x'); s.recv(1); "
@@ -139,13 +151,14 @@ def test_listener_is_owned_by_the_main_process_only(host: Any, server: dict[str,
         f"echo ESTAB; ss -Htnp state established '( sport = :{port} )'; "
         "echo PS; ps -eo pid=,ppid=; wait"
     )
-    out = host.check_output(script)
+    with as_root():
+        out = host.check_output(f"sh -c {shlex.quote(script)}")
     listen, _, rest = out.partition("ESTAB")
     estab, _, ps = rest.partition("PS")
     ppids = dict(tuple(map(int, line.split())) for line in ps.strip().splitlines())
     parent = main_pid(host, server)
     listeners = {int(p) for p in re.findall(r"pid=(\d+)", listen)}
-    expected = {parent} | ({1} if server["echo_server_socket_activation"] else set())
+    expected = {parent} | ({1} if server["socket_activation"] else set())
     assert listeners == expected, out
     children = {int(p) for p in re.findall(r"pid=(\d+)", estab)}
     assert children, f"no child serving the held connection:\n{out}"
@@ -155,6 +168,7 @@ def test_listener_is_owned_by_the_main_process_only(host: Any, server: dict[str,
 
 
 def test_echo_round_trip(host: Any, server: dict[str, Any]) -> None:
-    result = host.run(f"{server['bin']} probe --target {server['target']} --payload 65536")
+    argv = [server["bin"], "probe", "--target", server["probe_target"], "--payload", "65536"]
+    result = host.run(shlex.join(argv))
     assert result.rc == 0, result.stderr
     assert "echoed intact" in result.stdout
