@@ -34,6 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -530,81 +531,25 @@ def measure_peer(
     peer: Peer, args: argparse.Namespace, res: Results, rnd: str, logdir: Path
 ) -> None:
     """Start one peer, take every figure once, stop it."""
-    client = str(Path(args.bin) / "echo_load")
     try:
         server = Server(peer, logdir)
     except RuntimeError as exc:
         res.errors.append(str(exc))
         progress(f"{rnd} {peer.label}: {exc}")
         return
+    run = PeerRun(peer, args, res, rnd, server)
     try:
         if args.idle_clients and not peer.forks:
             # One process: its growth per client, measured before load grows its heap.
             record_memory(server, args, res, rnd)
         # Warm-up, not recorded: first page faults in the parent, the first children.
         run_client(
-            [client, "rate", server.target, str(args.warmup), "8", str(PAYLOAD)], timeout=120
+            [run.client, "rate", server.target, str(args.warmup), "8", str(PAYLOAD)], timeout=120
         )
         for k in args.inflight:
-            cpu0, parent0 = server.cpu.usage_us(), own_cpu_us(server.proc.pid)
-            data = run_client(
-                [client, "rate", server.target, str(args.connections), str(k), str(PAYLOAD)],
-                timeout=600,
-            )
-            cpu1, parent1 = server.cpu.usage_us(), own_cpu_us(server.proc.pid)
-            if parent0 is not None and parent1 is not None:
-                # The parent accepts and forks serially: its CPU per connection caps the rate.
-                res.add(
-                    peer.key,
-                    f"parent_cpu_rate_{k}",
-                    (parent1 - parent0) / args.connections,
-                    {"cpu_us": parent1 - parent0},
-                )
-            value = float(data["conn_per_s"])
-            res.add(peer.key, f"rate_{k}", value, data)
-            cpu_text = ""
-            if cpu0 is not None and cpu1 is not None:
-                per_conn = (cpu1 - cpu0) / args.connections
-                res.add(peer.key, f"cpu_rate_{k}", per_conn, {"cpu_us": cpu1 - cpu0})
-                cpu_text = f"  server CPU {per_conn:,.0f} us/conn"
-            bad = error_count(data)
-            if bad:
-                res.errors.append(f"{peer.label}: rate, {k} in flight: {data['errors']}")
-            latency = data["latency_ms"]
-            p99 = latency["p99"] if isinstance(latency, dict) else "?"
-            progress(
-                f"{rnd} {peer.label:<26} rate {k:>3} in flight  {value:>9,.0f} conn/s"
-                f"  p99 {p99} ms{cpu_text}" + (f"  ERRORS {data['errors']}" if bad else "")
-            )
-        for s in args.streams:
-            cpu0 = server.cpu.usage_us()
-            data = run_client(
-                [
-                    client,
-                    "stream",
-                    server.target,
-                    str(s),
-                    str(args.stream_seconds),
-                    str(args.stream_warmup),
-                ],
-                timeout=args.stream_seconds + args.stream_warmup + 60,
-            )
-            cpu1 = server.cpu.usage_us()
-            value = float(data["mib_per_s"])
-            res.add(peer.key, f"stream_{s}", value, data)
-            cpu_text = ""
-            verified = float(data.get("bytes_verified") or 0)
-            if cpu0 is not None and cpu1 is not None and verified:
-                per_gib = (cpu1 - cpu0) / 1000 / (verified / 2**30)
-                res.add(peer.key, f"cpu_stream_{s}", per_gib, {"cpu_us": cpu1 - cpu0})
-                cpu_text = f"  server CPU {per_gib:,.0f} ms/GiB"
-            bad = error_count(data)
-            if bad:
-                res.errors.append(f"{peer.label}: {s} streams: {data['errors']}")
-            progress(
-                f"{rnd} {peer.label:<26} {s:>2} stream(s)          {value:>9,.0f} MiB/s"
-                f"{cpu_text}" + (f"  ERRORS {data['errors']}" if bad else "")
-            )
+            run.rate(k)
+        for n in args.streams:
+            run.streams(n)
         if args.idle_clients and peer.forks:
             record_memory(server, args, res, rnd)
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
@@ -612,6 +557,78 @@ def measure_peer(
         progress(f"{rnd} {peer.label}: FAILED: {exc}")
     finally:
         server.stop()
+
+
+@dataclass
+class PeerRun:
+    """One peer's measurements in one round, against its running server."""
+
+    peer: Peer
+    args: argparse.Namespace
+    res: Results
+    rnd: str
+    server: Server
+
+    @property
+    def client(self) -> str:
+        return str(Path(self.args.bin) / "echo_load")
+
+    def rate(self, k: int) -> None:
+        """Connections per second with `k` in flight, and the server's CPU per connection."""
+        server, n, key = self.server, self.args.connections, self.peer.key
+        cpu0, parent0 = server.cpu.usage_us(), own_cpu_us(server.proc.pid)
+        data = run_client(
+            [self.client, "rate", server.target, str(n), str(k), str(PAYLOAD)], timeout=600
+        )
+        cpu1, parent1 = server.cpu.usage_us(), own_cpu_us(server.proc.pid)
+        if parent0 is not None and parent1 is not None:
+            # The parent accepts and forks serially: its CPU per connection caps the rate.
+            cpu = parent1 - parent0
+            self.res.add(key, f"parent_cpu_rate_{k}", cpu / n, {"cpu_us": cpu})
+        value = float(data["conn_per_s"])
+        self.res.add(key, f"rate_{k}", value, data)
+        cpu_text = ""
+        if cpu0 is not None and cpu1 is not None:
+            per_conn = (cpu1 - cpu0) / n
+            self.res.add(key, f"cpu_rate_{k}", per_conn, {"cpu_us": cpu1 - cpu0})
+            cpu_text = f"  server CPU {per_conn:,.0f} us/conn"
+        latency = data["latency_ms"]
+        p99 = latency["p99"] if isinstance(latency, dict) else "?"
+        self.report(
+            data,
+            f"rate, {k} in flight",
+            f"rate {k:>3} in flight  {value:>9,.0f} conn/s  p99 {p99} ms{cpu_text}",
+        )
+
+    def streams(self, n: int) -> None:
+        """MiB/s echoed over `n` streams, and the server's CPU per GiB."""
+        a, server = self.args, self.server
+        cpu0 = server.cpu.usage_us()
+        argv = [self.client, "stream", server.target, str(n)]
+        argv += [str(a.stream_seconds), str(a.stream_warmup)]
+        data = run_client(argv, timeout=a.stream_seconds + a.stream_warmup + 60)
+        cpu1 = server.cpu.usage_us()
+        value = float(data["mib_per_s"])
+        self.res.add(self.peer.key, f"stream_{n}", value, data)
+        cpu_text = ""
+        verified = float(data.get("bytes_verified") or 0)
+        if cpu0 is not None and cpu1 is not None and verified:
+            per_gib = (cpu1 - cpu0) / 1000 / (verified / 2**30)
+            self.res.add(self.peer.key, f"cpu_stream_{n}", per_gib, {"cpu_us": cpu1 - cpu0})
+            cpu_text = f"  server CPU {per_gib:,.0f} ms/GiB"
+        self.report(
+            data, f"{n} streams", f"{n:>2} stream(s)          {value:>9,.0f} MiB/s{cpu_text}"
+        )
+
+    def report(self, data: dict[str, object], what: str, line: str) -> None:
+        """One progress line; the run's errors, if any, recorded."""
+        bad = error_count(data)
+        if bad:
+            self.res.errors.append(f"{self.peer.label}: {what}: {data['errors']}")
+        progress(
+            f"{self.rnd} {self.peer.label:<26} {line}"
+            + (f"  ERRORS {data['errors']}" if bad else "")
+        )
 
 
 def record_memory(server: Server, args: argparse.Namespace, res: Results, rnd: str) -> None:
@@ -735,87 +752,70 @@ def metric_names(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 
 def evaluate_targets(args: argparse.Namespace, res: Results) -> list[dict[str, object]]:
-    """Each target of issues 2 and 3: the figure, the bar, met or missed."""
+    """Each target of the benchmark: the figure, the bar, met or missed."""
     out: list[dict[str, object]] = []
-
-    def ratio(metric: str, peer: str, factor: float, label: str) -> None:
-        ours, theirs = res.median("echolab", metric), res.median(peer, metric)
-        value = ours / theirs if ours is not None and theirs else None
-        # The same comparison by server CPU per unit of work (theirs / ours: higher is
-        # better, like the target): what an idle machine would likely show.
-        cpu_ours, cpu_theirs = (
-            res.median("echolab", f"cpu_{metric}"),
-            res.median(peer, f"cpu_{metric}"),
-        )
-        by_cpu = cpu_theirs / cpu_ours if cpu_ours and cpu_theirs is not None else None
-        out.append(
-            {
-                "target": label,
-                "value": value,
-                "bar": factor,
-                "kind": "ratio",
-                "met": None if value is None else value >= factor,
-                "by_cpu": by_cpu,
-            }
-        )
-
     for k in args.inflight:
-        ratio(
-            f"rate_{k}",
-            "minimal",
-            TARGETS_RATE_MIN,
-            f"conn/s, {k} in flight >= {TARGETS_RATE_MIN}x minimal Python",
-        )
-        ratio(
-            f"rate_{k}",
-            "forking",
-            TARGETS_RATE_FORKING,
-            f"conn/s, {k} in flight >= {TARGETS_RATE_FORKING}x ForkingTCPServer",
-        )
-    for s in args.streams:
-        ratio(
-            f"stream_{s}",
-            "c",
-            TARGET_STREAM_C,
-            f"MiB/s, {s} stream{'s' if s > 1 else ''} >= {TARGET_STREAM_C}x C",
-        )
+        for peer, factor, name in (
+            ("minimal", TARGETS_RATE_MIN, "minimal Python"),
+            ("forking", TARGETS_RATE_FORKING, "ForkingTCPServer"),
+        ):
+            label = f"conn/s, {k} in flight >= {factor}x {name}"
+            out.append(ratio_target(res, f"rate_{k}", peer, factor, label))
+    for n in args.streams:
+        label = f"MiB/s, {n} stream{'s' if n > 1 else ''} >= {TARGET_STREAM_C}x C"
+        out.append(ratio_target(res, f"stream_{n}", "c", TARGET_STREAM_C, label))
     if args.idle_clients:
         pss = res.median("echolab", "pss")
+        met = pss is not None and pss <= TARGET_PSS_KIB
         out.append(
-            {
-                "target": f"PSS per connection <= {TARGET_PSS_KIB} KiB",
-                "value": pss,
-                "bar": TARGET_PSS_KIB,
-                "kind": "max",
-                "met": None if pss is None else pss <= TARGET_PSS_KIB,
-            }
+            target(f"PSS per connection <= {TARGET_PSS_KIB} KiB", pss, TARGET_PSS_KIB, "max", met)
         )
+    out += load_targets(args, res)
+    return out
+
+
+def target(
+    label: str, value: float | None, bar: float, kind: str, met: bool, **more: object
+) -> dict[str, object]:
+    """One row of the targets table (`met` is None without a figure)."""
+    row: dict[str, object] = {"target": label, "value": value, "bar": bar, "kind": kind}
+    row["met"] = None if value is None else met
+    return {**row, **more}
+
+
+def ratio_target(
+    res: Results, metric: str, peer: str, factor: float, label: str
+) -> dict[str, object]:
+    """echolab's metric against a peer's, and the same comparison by server CPU per unit of
+    work (theirs / ours: higher is better, like the target): what an idle machine would show."""
+    ours, theirs = res.median("echolab", metric), res.median(peer, metric)
+    value = ours / theirs if ours is not None and theirs else None
+    cpu_ours = res.median("echolab", f"cpu_{metric}")
+    cpu_theirs = res.median(peer, f"cpu_{metric}")
+    by_cpu = cpu_theirs / cpu_ours if cpu_ours and cpu_theirs is not None else None
+    met = value is not None and value >= factor
+    return target(label, value, factor, "ratio", met, by_cpu=by_cpu)
+
+
+def load_targets(args: argparse.Namespace, res: Results) -> list[dict[str, object]]:
+    """The load generator's targets: its rate against the C client's, and the open loop."""
+    out: list[dict[str, object]] = []
     if args.load_compare:
-        c = res.load_compare.get("c_client")
-        e = res.load_compare.get("echolab_load")
+        c, e = res.load_compare.get("c_client"), res.load_compare.get("echolab_load")
         value = statistics.median(e) / statistics.median(c) if c and e else None
-        out.append(
-            {
-                "target": f"echolab load >= {TARGET_LOAD_C:.0%} of the C client "
-                f"(C server, {args.load_clients} in flight)",
-                "value": value,
-                "bar": TARGET_LOAD_C,
-                "kind": "ratio",
-                "met": None if value is None else value >= TARGET_LOAD_C,
-            }
+        label = (
+            f"echolab load >= {TARGET_LOAD_C:.0%} of the C client "
+            f"(C server, {args.load_clients} in flight)"
         )
+        out.append(target(label, value, TARGET_LOAD_C, "ratio", (value or 0) >= TARGET_LOAD_C))
     kept = res.load_compare.get("open_loop_kept")
     if kept:
-        out.append(
-            {
-                "target": f"echolab load --rate holds its schedule at {TARGET_OPEN_LOOP:.0%} "
-                "of its closed-loop rate (rounds kept)",
-                "value": sum(kept) / len(kept),
-                "bar": 0.5,
-                "kind": "share",
-                "met": sum(kept) / len(kept) > 0.5,  # in the median round
-            }
+        share = sum(kept) / len(kept)
+        label = (
+            f"echolab load --rate holds its schedule at {TARGET_OPEN_LOOP:.0%} "
+            "of its closed-loop rate (rounds kept)"
         )
+        out.append(target(label, share, 0.5, "share", share > 0.5))  # in the median round
     return out
 
 
@@ -1008,36 +1008,66 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for tool in ("echo_server", "echo_load"):
-        if not os.access(Path(args.bin) / tool, os.X_OK):
-            print(
-                f"bench: {Path(args.bin) / tool} missing: run `make bench` (it builds them)",
-                file=sys.stderr,
-            )
-            return 2
-    if not os.access(args.python, os.X_OK):
-        print(f"bench: no interpreter at {args.python}: run `make bench`", file=sys.stderr)
+    missing = missing_tools(args)
+    if missing:
+        print(f"bench: {missing}", file=sys.stderr)
         return 2
     peers = make_peers(args)
     out = Path(args.out)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     logdir = out / "logs" / stamp
     logdir.mkdir(parents=True, exist_ok=True)
+    machine, interp = machine_facts(), interpreter_facts(args.python)
+    announce(args, peers, machine, interp)
+    res = Results()
+    for r in range(1, args.repeats + 1):
+        rnd = f"round {r}/{args.repeats}"
+        for peer in peers:
+            measure_peer(peer, args, res, rnd, logdir)
+        if args.load_compare:
+            compare_load(args, res, rnd, logdir)
+    machine["loadavg_end"] = Path("/proc/loadavg").read_text().strip()
+    report = Report(args, res, peers, machine=machine, interp=interp, argv=argv)
+    report.write(out, stamp)
+    report.print(out, stamp, logdir)
+    if res.errors:
+        print(f"\n{len(res.errors)} error(s):", *res.errors, sep="\n  ")
+        return 1
+    if args.fail_on_missed and any(t["met"] is False for t in report.targets):
+        return 3
+    return 0
 
-    machine = machine_facts()
-    interp = interpreter_facts(args.python)
+
+def missing_tools(args: argparse.Namespace) -> str:
+    """What the run lacks (one line), or ''."""
+    for tool in ("echo_server", "echo_load"):
+        if not os.access(Path(args.bin) / tool, os.X_OK):
+            return f"{Path(args.bin) / tool} missing: run `make bench` (it builds them)"
+    if not os.access(args.python, os.X_OK):
+        return f"no interpreter at {args.python}: run `make bench`"
+    return ""
+
+
+def announce(
+    args: argparse.Namespace,
+    peers: list[Peer],
+    machine: dict[str, object],
+    interp: dict[str, object],
+) -> None:
+    """The run's conditions, before it starts: machine, interpreter, peers, sizes."""
     progress(
         f"machine: {machine['cpus']} CPUs ({machine['cpu']}), kernel {machine['kernel']}, "
         f"load average {machine['loadavg_start']}"
     )
+    extra = cast("list[str]", interp["startup_extra_modules"])
     progress(
         f"interpreter for every Python peer: {interp['python']} (Python {interp['version']})"
         f"; {interp['startup_modules']} modules at start-up; .pth files: "
-        f"{', '.join(interp['pth_files']) or 'none'}; extra start-up modules: "
-        f"{', '.join(interp['startup_extra_modules']) or 'none'}"
+        f"{', '.join(cast('list[str]', interp['pth_files'])) or 'none'}; extra start-up "
+        f"modules: {', '.join(extra) or 'none'}"
     )
     progress(f"fork()+_exit()+waitpid() of that interpreter, bare: {interp['fork_ms_bare']} ms")
-    if interp["startup_extra_modules"]:
+    if extra:
         progress(
             "WARNING: the interpreter imports modules beyond the standard library's site "
             "at start-up; every fork pays for them"
@@ -1054,109 +1084,127 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.streams} for {args.stream_seconds} s, {args.idle_clients} idle clients"
     )
 
-    res = Results()
-    for r in range(1, args.repeats + 1):
-        rnd = f"round {r}/{args.repeats}"
-        for peer in peers:
-            measure_peer(peer, args, res, rnd, logdir)
-        if args.load_compare:
-            compare_load(args, res, rnd, logdir)
 
-    machine["loadavg_end"] = Path("/proc/loadavg").read_text().strip()
-    targets = evaluate_targets(args, res)
-    table, target_table = render_table(args, res, peers), render_targets(targets)
-    spread = render_spread(args, res, peers)
-    cpu_names = [
-        (m, label)
-        for m, label in cpu_metric_names(args)
-        if any(res.median(p.key, m) is not None for p in peers)
-    ]
-    cpu_table = render_table(args, res, peers, cpu_names) if cpu_names else ""
-    cpu_block = (
-        "Server CPU per unit of work (the server and all its children, from a cgroup; lower "
-        "is better; steadier than rates when the machine is busy):\n\n" + cpu_table + "\n\n"
-        if cpu_table
-        else ""
-    )
-    command = " ".join([Path(sys.executable).name, "bench/run.py", *(argv or sys.argv[1:])])
-    load_line = ""
+class Report:
+    """The run's results as markdown and JSON (bench/results/) and on the terminal."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        res: Results,
+        peers: list[Peer],
+        *,
+        machine: dict[str, object],
+        interp: dict[str, object],
+        argv: list[str] | None,
+    ) -> None:
+        self.args, self.res, self.peers = args, res, peers
+        self.machine, self.interp = machine, interp
+        words = [Path(sys.executable).name, "bench/run.py", *(argv or sys.argv[1:])]
+        self.command = " ".join(words)
+        self.targets = evaluate_targets(args, res)
+        self.table = render_table(args, res, peers)
+        self.target_table = render_targets(self.targets)
+        cpu_names = [
+            (m, label)
+            for m, label in cpu_metric_names(args)
+            if any(res.median(p.key, m) is not None for p in peers)
+        ]
+        cpu_table = render_table(args, res, peers, cpu_names) if cpu_names else ""
+        self.cpu_block = (
+            "Server CPU per unit of work (the server and all its children, from a cgroup; lower "
+            "is better; steadier than rates when the machine is busy):\n\n" + cpu_table + "\n\n"
+            if cpu_table
+            else ""
+        )
+        self.load_line = load_lines(args, res)
+
+    def markdown(self) -> str:
+        a, m, i = self.args, self.machine, self.interp
+        quick = " (QUICK: sizes too small to mean anything)" if a.quick else ""
+        dirty = " with uncommitted changes in app/" if m["app_uncommitted_changes"] else ""
+        md = (
+            f"# echolab benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
+            f"Command: `{self.command}`{quick}\n\n"
+            f"Machine: {m['cpus']} CPUs ({m['cpu']}), Linux {m['kernel']}, "
+            f"load average at start {m['loadavg_start']}, at end {m['loadavg_end']}. "
+            f"Interpreter for every Python server: Python {i['version']} in "
+            f"{i['prefix']} (fork+exit+wait {i['fork_ms_bare']} ms). "
+            f"Subject at commit {m['git_commit']}{dirty}.\n\n"
+            f"Medians of {a.repeats} round(s); rate = {a.connections} connections of 64 B "
+            f"(connect, echo, close) by the C epoll client; streams = {a.stream_seconds} s "
+            f"after {a.stream_warmup} s warm-up, echoed MiB/s; PSS = median child PSS with "
+            f"{a.idle_clients} idle clients held (one process: PSS growth / clients).\n\n"
+            f"{self.table}\n\n{self.target_table}\n\n{self.load_line}{self.cpu_block}"
+            f"Every run (in round order):\n\n{render_spread(a, self.res, self.peers)}\n"
+        )
+        if self.res.errors:
+            md += "\nErrors:\n\n" + "\n".join(f"- {e}" for e in self.res.errors) + "\n"
+        return md
+
+    def payload(self) -> dict[str, object]:
+        a, res, peers = self.args, self.res, self.peers
+        metrics = metric_names(a) + cpu_metric_names(a)
+        return {
+            "command": self.command,
+            "quick": a.quick,
+            "settings": {k: v for k, v in vars(a).items() if k != "quick"},
+            "machine": self.machine,
+            "interpreter": self.interp,
+            "peers": {p.key: {"label": p.label, "argv": p.argv, "forks": p.forks} for p in peers},
+            "medians": {p.key: {m: res.median(p.key, m) for m, _ in metrics} for p in peers},
+            "runs": res.runs,
+            "details": res.details,
+            "load_compare": res.load_compare,
+            "targets": self.targets,
+            "errors": res.errors,
+        }
+
+    def write(self, out: Path, stamp: str) -> None:
+        """bench/results/STAMP.{json,md} and latest.{json,md}."""
+        out.mkdir(parents=True, exist_ok=True)
+        md, data = self.markdown(), json.dumps(self.payload(), indent=2) + "\n"
+        for name in (stamp, "latest"):
+            (out / f"{name}.json").write_text(data)
+            (out / f"{name}.md").write_text(md)
+
+    def print(self, out: Path, stamp: str, logdir: Path) -> None:
+        print()
+        print(self.table)
+        if self.cpu_block:
+            print()
+            print(self.cpu_block.strip())
+        print()
+        print(self.target_table)
+        if self.load_line:
+            print()
+            print(self.load_line.strip())
+        print(
+            f"\nwritten: {out / (stamp + '.json')}, {out / (stamp + '.md')} (and latest.*); "
+            f"server logs in {logdir}"
+        )
+
+
+def load_lines(args: argparse.Namespace, res: Results) -> str:
+    """The load generators' comparison and the open loop's schedule, as text ('' when not run)."""
+    text = ""
     if res.load_compare.get("c_client") and res.load_compare.get("echolab_load"):
         c = statistics.median(res.load_compare["c_client"])
         e = statistics.median(res.load_compare["echolab_load"])
-        load_line = (
+        text = (
             f"Load generators on the C server ({args.connections} connections, "
             f"{args.load_clients} in flight, 64 B): C client {c:,.0f} conn/s, "
             f"`echolab load --mode rate` {e:,.0f} conn/s ({e / c:.2f}x).\n\n"
         )
     if res.load_compare.get("open_loop_kept"):
         kept, lags = res.load_compare["open_loop_kept"], res.load_compare["open_loop_lag_p99_ms"]
-        load_line += (
+        text += (
             f"Open loop (`echolab load --rate`, {args.open_seconds:g} s at "
             f"{TARGET_OPEN_LOOP:.0%} of each round's closed-loop rate): schedule kept in "
             f"{sum(kept):.0f} of {len(kept)} rounds; its own lag p99 "
             f"{' / '.join(f'{v:.1f}' for v in lags)} ms.\n\n"
         )
-    md = (
-        f"# echolab benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
-        f"Command: `{command}`{' (QUICK: sizes too small to mean anything)' if args.quick else ''}"
-        f"\n\nMachine: {machine['cpus']} CPUs ({machine['cpu']}), Linux {machine['kernel']}, "
-        f"load average at start {machine['loadavg_start']}, at end {machine['loadavg_end']}. "
-        f"Interpreter for every Python server: Python {interp['version']} in "
-        f"{interp['prefix']} (fork+exit+wait {interp['fork_ms_bare']} ms). "
-        f"Subject at commit {machine['git_commit']}"
-        f"{' with uncommitted changes in app/' if machine['app_uncommitted_changes'] else ''}.\n\n"
-        f"Medians of {args.repeats} round(s); rate = {args.connections} connections of 64 B "
-        f"(connect, echo, close) by the C epoll client; streams = {args.stream_seconds} s "
-        f"after {args.stream_warmup} s warm-up, echoed MiB/s; PSS = median child PSS with "
-        f"{args.idle_clients} idle clients held (one process: PSS growth / clients).\n\n"
-        f"{table}\n\n{target_table}\n\n{load_line}{cpu_block}"
-        f"Every run (in round order):\n\n{spread}\n"
-    )
-    if res.errors:
-        md += "\nErrors:\n\n" + "\n".join(f"- {e}" for e in res.errors) + "\n"
-
-    out.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "command": command,
-        "quick": args.quick,
-        "settings": {k: v for k, v in vars(args).items() if k != "quick"},
-        "machine": machine,
-        "interpreter": interp,
-        "peers": {p.key: {"label": p.label, "argv": p.argv, "forks": p.forks} for p in peers},
-        "medians": {
-            p.key: {m: res.median(p.key, m) for m, _ in metric_names(args) + cpu_metric_names(args)}
-            for p in peers
-        },
-        "runs": res.runs,
-        "details": res.details,
-        "load_compare": res.load_compare,
-        "targets": targets,
-        "errors": res.errors,
-    }
-    for name in (stamp, "latest"):
-        (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-        (out / f"{name}.md").write_text(md)
-
-    print()
-    print(table)
-    if cpu_table:
-        print()
-        print(cpu_block.strip())
-    print()
-    print(target_table)
-    if load_line:
-        print()
-        print(load_line.strip())
-    print(
-        f"\nwritten: {out / (stamp + '.json')}, {out / (stamp + '.md')} (and latest.*); "
-        f"server logs in {logdir}"
-    )
-    if res.errors:
-        print(f"\n{len(res.errors)} error(s):", *res.errors, sep="\n  ")
-        return 1
-    if args.fail_on_missed and any(t["met"] is False for t in targets):
-        return 3
-    return 0
+    return text
 
 
 if __name__ == "__main__":
