@@ -6,13 +6,14 @@ server (bench/peers/minimal_fork.py), the stdlib ForkingTCPServer with backlog 1
 child cap (bench/peers/forking_tcpserver.py), an asyncio server in one process
 (bench/peers/asyncio_echo.py), and the subject, `echolab serve`. Every Python server runs on
 the SAME interpreter and venv (--python/--echolab), because start-up imports change the cost
-of every fork (shared/DESIGN.md).
+of every fork (docs/architecture.md, "The three process roles").
 
 The load comes from a C epoll client (bench/c/echo_load.c) that checks every echoed byte:
   rate     connections per second: connect, 64 B echo, close; 8 and 64 in flight
   stream   MiB/s echoed: 1 and 8 long streams, each writing and reading at once
   memory   PSS of a server child while N idle clients are held (one process: PSS growth / N)
-and, for issue 3, `echolab load --mode rate` against the C server beside the C client.
+and `echolab load --mode rate` against the C server beside the C client (closed loop), plus
+its open loop at 80% of that rate (does it keep its schedule?).
 
 Each figure is measured --repeats times, in rounds (every peer once per round, so a busy
 moment of the machine hits all peers alike), and the median is reported. Results go to
@@ -46,17 +47,16 @@ from echolab.ready import parse_ready  # noqa: E402
 
 START_TIMEOUT = 15.0  # s for a server to log its "listening on" line
 STOP_TIMEOUT = 10.0  # s for a server to exit after SIGTERM before SIGKILL
-PAYLOAD = 64  # bytes per connection in rate mode (the issue's figure)
+PAYLOAD = 64  # bytes per connection in rate mode: a small request, so the fork is the cost
 
-# The issues' targets for the subject. Each: (name, metric, compared with, factor or limit).
-#   ("ratio", metric, peer, factor): echolab's metric >= factor x the peer's
-#   ("max", metric, None, limit):    echolab's metric <= limit
-TARGETS_RATE_MIN = 1.0  # issue 2: conn rate >= 1.0x the minimal Python server
-TARGETS_RATE_FORKING = 1.5  # issue 2: conn rate >= 1.5x ForkingTCPServer
-TARGET_STREAM_C = 0.9  # issue 2: 1 and 8 streams >= 0.9x the C server
-TARGET_PSS_KIB = 400  # issue 2: PSS per connection <= 400 KiB
-TARGET_LOAD_C = 0.6  # issue 3: echolab load >= 60% of the C client's rate
-TARGET_OPEN_LOOP = 0.8  # issue 14: the open loop holds its schedule at 80% of the closed max
+# The targets echolab holds itself to (docs/bench.md says why each): a ratio against a peer
+# measured in the same run, or a limit.
+TARGETS_RATE_MIN = 1.0  # conn rate >= 1.0x the minimal Python server: no dearer fork
+TARGETS_RATE_FORKING = 1.5  # conn rate >= 1.5x ForkingTCPServer, the stdlib's answer
+TARGET_STREAM_C = 0.9  # 1 and 8 streams >= 0.9x the C server: bytes stay out of Python
+TARGET_PSS_KIB = 400  # PSS per idle connection <= 400 KiB (a lean parent)
+TARGET_LOAD_C = 0.6  # echolab load >= 60% of the C client's rate: not the bottleneck
+TARGET_OPEN_LOOP = 0.8  # the open loop holds its schedule at 80% of the closed-loop max
 
 
 @dataclass
@@ -71,7 +71,7 @@ class Peer:
 
 @dataclass
 class Results:
-    """Every run of every figure, by peer and metric; plus notes and the issue-3 comparison."""
+    """Every run of every figure, by peer and metric; notes; the load generators' comparison."""
 
     runs: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     details: dict[str, dict[str, list[dict[str, object]]]] = field(default_factory=dict)
@@ -331,7 +331,7 @@ def hold_clients(port: int, n: int) -> list[socket.socket]:
 def measure_memory(server: Server, n: int) -> dict[str, object]:
     """PSS per connection with n idle clients held.
 
-    Fork-per-connection: the median PSS of the server's children (what the issue's target
+    Fork-per-connection: the median PSS of the server's children (what the target
     means). One process: the growth of the server's PSS, divided by n. Both are recorded.
     """
     pid = server.proc.pid
@@ -864,7 +864,7 @@ def render_table(
 
 def render_targets(targets: list[dict[str, object]]) -> str:
     lines = [
-        "| target (issues 2, 3) | echolab | verdict | same ratio by server CPU |",
+        "| target | echolab | verdict | same ratio by server CPU |",
         "|---|---:|---|---:|",
     ]
     for t in targets:
@@ -977,13 +977,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stream-warmup", type=float, default=0.5)
     p.add_argument("--idle-clients", type=int, default=200, help="for PSS (0: skip)")
     p.add_argument("--repeats", type=int, default=3, help="rounds; medians are reported")
-    p.add_argument("--load-clients", type=int, default=64, help="issue 3 comparison: in flight")
+    p.add_argument(
+        "--load-clients", type=int, default=64, help="load comparison: connections in flight"
+    )
     p.add_argument("--no-load-compare", dest="load_compare", action="store_false")
     p.add_argument(
         "--open-seconds",
         type=float,
         default=5.0,
-        help="issue 14: each open-loop run beside the load comparison (0: skip)",
+        help="seconds of each open-loop run beside the load comparison (0: skip)",
     )
     p.add_argument(
         "--quick",

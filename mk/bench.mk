@@ -1,4 +1,4 @@
-# The benchmark (issue 2 "Performance", issue 3's load-generator target): `make bench`.
+# The benchmark: `make bench` (docs/bench.md).
 # echolab serve against a C fork server, the minimal Python fork server, ForkingTCPServer and
 # asyncio, all loaded by a C epoll client; every Python server on one clean venv's interpreter.
 BENCH_VENV ?= .venv-bench
