@@ -273,12 +273,7 @@ class _Auto(str):
 
 
 def _add_serve(sub: Any) -> None:
-    p: CommandParser = sub.add_parser(
-        "serve",
-        help="run the forking echo server",
-        description=SERVE_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = _command(sub, "serve", raw=True)
     p.option("--host", type=host_name, default="0.0.0.0", help="address to listen on; '::' "
              "listens dual-stack")  # fmt: skip
     p.option("--port", type=port_number, default=7007, help="TCP port, 0-65535; 0 picks a free one")
@@ -289,18 +284,10 @@ def _add_serve(sub: Any) -> None:
         default=False,
         help="leave SO_REUSEADDR off (the lab's negative control)",
     )
-    p.option(
-        "--reuseport",
-        action="store_true",
-        default=False,
-        help="set SO_REUSEPORT: a second server may listen on the port beside this one",
-    )
-    p.option(
-        "--max-children",
-        type=integer(1, MAX_CHILDREN),
-        default=512,
-        help="stop accepting at this many live children",
-    )
+    p.option("--reuseport", action="store_true", default=False,
+             help="set SO_REUSEPORT: another server may listen beside this one")  # fmt: skip
+    p.option("--max-children", type=integer(1, MAX_CHILDREN), default=512,
+             help="stop accepting at this many live children")  # fmt: skip
     p.option(
         "--idle-timeout",
         type=duration,
@@ -342,11 +329,7 @@ start-up; 6 address in use."""
 
 
 def _add_probe(sub: Any) -> None:
-    p: CommandParser = sub.add_parser(
-        "probe",
-        help="one echo round trip; exit 0 when it came back intact",
-        description="Connect, send a random payload, read it back, compare. For health checks.",
-    )
+    p = _command(sub, "probe")
     p.option("--target", type=parse_hostport, default="127.0.0.1:7007", help="server as HOST:PORT")
     p.option("--timeout", type=timeout, default=2.0, help="give up after this long")
     p.option("--payload", type=integer(1, MAX_PAYLOAD), default=32, help="bytes to send")
@@ -354,11 +337,7 @@ def _add_probe(sub: Any) -> None:
 
 
 def _add_load(sub: Any) -> None:
-    p: CommandParser = sub.add_parser(
-        "load",
-        help="drive a server hard and verify every echoed byte",
-        description="Load generator: rate, stream or hold; every byte sent is checked on return.",
-    )
+    p = _command(sub, "load")
     p.option("--target", type=parse_hostport, required=True, help="server as HOST:PORT")
     p.option(
         "--mode",
@@ -435,14 +414,7 @@ def _add_load_open_loop(p: CommandParser) -> None:
 
 
 def _add_restart_check(sub: Any) -> None:
-    p: CommandParser = sub.add_parser(
-        "restart-check",
-        help="restart a server under TIME_WAIT and prove whether it rebinds",
-        description=(
-            "Stop a server while clients are connected, count the server-side TIME_WAIT "
-            "sockets on its port, restart at once and measure the rebind."
-        ),
-    )
+    p = _command(sub, "restart-check")
     p.option("--host", type=host_name, default="127.0.0.1", help="address of the server")
     p.option("--port", type=port_number, default=7007, help="the server's port (0: a free one)")
     p.option("--clients", type=integer(1, MAX_CLIENTS), default=5,
@@ -512,14 +484,7 @@ def _add_restart_strategies(p: CommandParser) -> None:
 
 
 def _add_hold(sub: Any) -> None:
-    p: CommandParser = sub.add_parser(
-        "hold",
-        help="hold idle clients open until the server closes them",
-        description=(
-            "Connect N clients, check one echo each, wait; close each as soon as the server's "
-            "FIN arrives (so TIME_WAIT lands on the server's port), never reconnect."
-        ),
-    )
+    p = _command(sub, "hold")
     p.option("--target", type=parse_hostport, required=True, help="server as HOST:PORT")
     p.option(
         "--clients", type=integer(1, MAX_CLIENTS, "clients"), default=8, help="connections to hold"
@@ -529,11 +494,7 @@ def _add_hold(sub: Any) -> None:
 
 
 def _add_sockets(sub: Any) -> None:
-    p: CommandParser = sub.add_parser(
-        "sockets",
-        help="TCP sockets on a port by state, from /proc/net/tcp and tcp6",
-        description="The TCP sockets on a port by state (TIME_WAIT with its remaining time).",
-    )
+    p = _command(sub, "sockets")
     p.option("--port", type=target_port, required=True, help="local port to show")
     _json_option(p, "write the sockets as JSON ('-': stdout)")
     p.option(
@@ -543,6 +504,50 @@ def _add_sockets(sub: Any) -> None:
         help="redraw until Ctrl-C (a line per interval when not on a terminal)",
     )
     p.option("--interval", type=timeout, default=0.5, help="--watch: seconds between readings")
+
+
+# Each subcommand: its one line in the menu, and the description its --help opens with.
+ABOUT = {
+    "serve": (
+        "run the forking echo server",
+        SERVE_DESCRIPTION,
+    ),
+    "probe": (
+        "one echo round trip; exit 0 when it came back intact",
+        "Connect, send a random payload, read it back, compare. For health checks.",
+    ),
+    "load": (
+        "drive a server hard and verify every echoed byte",
+        "Load generator: rate, stream or hold; every byte sent is checked on return.",
+    ),
+    "restart-check": (
+        "restart a server under TIME_WAIT and prove whether it rebinds",
+        (
+            "Stop a server while clients are connected, count the server-side TIME_WAIT "
+            "sockets on its port, restart at once and measure the rebind."
+        ),
+    ),
+    "hold": (
+        "hold idle clients open until the server closes them",
+        (
+            "Connect N clients, check one echo each, wait; close each as soon as the server's "
+            "FIN arrives (so TIME_WAIT lands on the server's port), never reconnect."
+        ),
+    ),
+    "sockets": (
+        "TCP sockets on a port by state, from /proc/net/tcp and tcp6",
+        "The TCP sockets on a port by state (TIME_WAIT with its remaining time).",
+    ),
+}
+
+
+def _command(sub: Any, name: str, raw: bool = False) -> CommandParser:
+    """A subcommand's parser: its one-line help in the menu, its description in --help."""
+    kw: dict[str, Any] = {"help": ABOUT[name][0], "description": ABOUT[name][1]}
+    if raw:  # a description laid out by hand (serve's signal table)
+        kw["formatter_class"] = argparse.RawDescriptionHelpFormatter
+    parser: CommandParser = sub.add_parser(name, **kw)
+    return parser
 
 
 def _json_option(p: CommandParser, text: str) -> None:
@@ -568,6 +573,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The module behind each subcommand (its `run(args) -> int`).
+COMMANDS = {
+    "serve": "boot",
+    "probe": "probe",
+    "load": "load",
+    "restart-check": "restartcheck",
+    "hold": "hold",
+    "sockets": "tcpstate",
+}
+
+
 def _run(args: argparse.Namespace) -> int:
     command: str = args.command
     json_file = getattr(args, "json_file", None)
@@ -575,31 +591,13 @@ def _run(args: argparse.Namespace) -> int:
         from echolab.report import check_writable
 
         check_writable(json_file)  # before the run, not after it
-    if command == "serve":
-        from echolab import boot
+    # Each subcommand's module is imported only when it runs: `serve` forks once per client,
+    # and every module the parent has loaded is paid again on every fork.
+    from importlib import import_module
 
-        return boot.run(args)
-    if command == "probe":
-        from echolab import probe
-
-        return probe.run(args)
-    if command == "load":
-        from echolab import load
-
-        return load.run(args)
-    if command == "restart-check":
-        from echolab import restartcheck
-
-        return restartcheck.run(args)
-    if command == "hold":
-        from echolab import hold
-
-        return hold.run(args)
-    if command == "sockets":
-        from echolab import tcpstate
-
-        return tcpstate.run(args)
-    raise AssertionError(command)
+    module = import_module(f"echolab.{COMMANDS[command]}")
+    status: int = module.run(args)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
