@@ -272,16 +272,19 @@ def serve_command(port: int, *extra: str) -> str:
                        "--port", str(port), "--grace", "0", *extra])  # fmt: skip
 
 
-@pytest.fixture
-def managed(tmp_path: Path) -> Iterator[tuple[int, str, Path]]:
+@pytest.fixture(params=["127.0.0.1", "0.0.0.0"])
+def managed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, str, Path]]:
     """A server started outside restart-check (detached, as a service manager would run it),
-    and a shell command that restarts it."""
+    and a shell command that restarts it; listening on loopback, or on every address as
+    services do (the target stays 127.0.0.1: the wildcard listener must still be seen)."""
     port = free_port()
     pidfile = tmp_path / "server.pid"
+    host: str = request.param
     # The shell exits at once, so the server is re-parented away from pytest (no zombie
     # for `kill -0` to mistake for a live process).
     start = (
-        f"cd {shlex.quote(str(ROOT))}; {serve_command(port)} </dev/null >/dev/null 2>&1 & "
+        f"cd {shlex.quote(str(ROOT))}; {serve_command(port, '--host', host)} "
+        "</dev/null >/dev/null 2>&1 & "
         f"echo $! > {pidfile}"
     )
     # Wait for the old server to exit: a zombie counts as gone (whoever adopted it may be

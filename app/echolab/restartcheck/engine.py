@@ -260,6 +260,10 @@ class Experiment:
                 "the server's sockets are"
             )
             return
+        if any(plain_address(s.local_addr) in WILDCARDS for s in visible):
+            # A wildcard listener holds the port on every address: sample them all, or the
+            # listener itself (0.0.0.0 or ::) would never match the target's address.
+            addr = None
         self.sampler = Sampler(self.timeline, self.port, addr)
         self.sampler.start()
 
