@@ -236,7 +236,7 @@ class CommandParser(argparse.ArgumentParser):
         flagged = {a for a in self._env if getattr(ns, a.dest, None) is not _UNSET}
         for group in self._mutually_exclusive_groups:
             members = [a for a in group._group_actions if a in self._env]
-            from_env = [self._env[a] for a in members if self._env[a] in os.environ]
+            from_env = [self._env[a] for a in members if self._raw(a, defaults) is not None]
             if any(a in flagged for a in members):
                 flagged.update(members)  # a flag of the group wins over every variable in it
             elif len(from_env) > 1:
@@ -244,7 +244,7 @@ class CommandParser(argparse.ArgumentParser):
         for action in self._env:
             if getattr(ns, action.dest, None) is not _UNSET:
                 continue
-            raw = os.environ.get(self._env[action]) if action not in flagged else None
+            raw = self._raw(action, defaults) if action not in flagged else None
             if raw is None:
                 value = defaults[action]
                 if isinstance(value, str) and action.type is not None:
@@ -252,6 +252,16 @@ class CommandParser(argparse.ArgumentParser):
             else:
                 value = self._from_environment(action, raw)
             setattr(ns, action.dest, value)
+
+    def _raw(self, action: argparse.Action, defaults: dict[argparse.Action, Any]) -> str | None:
+        """The option's variable, or None when it is unset — or empty for an option that is
+        off by default (`--rate`, `--max-p99`): what Compose passes for `${VAR:-}`, so a file
+        can name every variable and leave some empty. An option with a default value takes an
+        empty variable as a value, and its validation says whether it may be empty."""
+        raw = os.environ.get(self._env[action])
+        if raw is not None and not raw.strip() and defaults[action] is None:
+            return None
+        return raw
 
     def _from_environment(self, action: argparse.Action, raw: str) -> Any:
         var = self._env[action]

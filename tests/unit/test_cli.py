@@ -270,3 +270,25 @@ def test_an_option_and_its_variable_take_the_same_path(
         p.parse_args([])
     assert exc.value.code == 2
     assert "echolab demo: error: ECHOLAB_INTERVAL='0'" in capsys.readouterr().err
+
+
+def test_an_empty_variable_leaves_an_option_that_is_off_by_default_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What Compose passes for an unset `${VAR:-}`: the open loop stays off, no limit is set."""
+    for var in ("ECHOLAB_RATE", "ECHOLAB_MAX_P99", "ECHOLAB_MAX_P999", "ECHOLAB_CONNECTIONS"):
+        monkeypatch.setenv(var, "")
+    monkeypatch.setenv("ECHOLAB_DURATION", "2s")  # excludes --connections: an empty one is unset
+    args = cli.build_parser().parse_args(["load", "--target", "127.0.0.1:7007"])
+    assert args.rate is None and args.max_p99 is None and args.max_p999 is None
+    assert args.connections is None and args.duration == 2.0
+
+
+def test_an_empty_variable_for_an_option_with_a_default_is_still_checked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ECHOLAB_LOG_LEVEL", "")
+    with pytest.raises(SystemExit) as exc:
+        cli.build_parser().parse_args(["serve"])
+    assert exc.value.code == 2
+    assert "ECHOLAB_LOG_LEVEL=''" in capsys.readouterr().err
