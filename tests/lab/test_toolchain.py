@@ -188,8 +188,9 @@ def test_the_locked_molecule_accepts_the_scenarios_ansible_key() -> None:
     require(bool(schemas), "Molecule is not installed in .venv (make venv-infra)")
     schema = json.loads(schemas[0].read_text())
     assert "ansible" in schema["properties"]
-    used = [p for p in (ROOT / "ansible").rglob("molecule.yml") if "\nansible:" in p.read_text()]
-    assert used, "no scenario uses the top-level ansible: key any more: lower the floor?"
+    configs = [*(ROOT / "ansible").rglob("molecule.yml"), *(ROOT / "ansible").rglob("config.yml")]
+    used = [p for p in configs if "\nansible:" in p.read_text()]
+    assert used, "no scenario (nor the shared config.yml) uses the top-level ansible: key any more"
 
 
 def test_side_by_side_marks_each_differing_line() -> None:
