@@ -67,31 +67,8 @@ fi
 root=$(cd "$(dirname "$0")/../.." && pwd)
 "$root/mk/host-package.sh" mmdebstrap mmdebstrap || exit 1
 
-# The host's apt sources, keeping only the entries for $suite (and $suite-updates,
-# $suite-security): a third-party repository on the host has nothing to do with the image.
-select_sources() {
-  local file
-  if [[ -n $sources ]]; then
-    [[ -r $sources ]] || die "cannot read apt sources file $sources"
-    set -- "$sources"
-  else
-    shopt -s nullglob
-    set -- /etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list
-    shopt -u nullglob
-  fi
-  for file; do
-    [[ -s $file ]] || continue
-    if [[ $file == *.sources ]]; then
-      # deb822: stanzas separated by blank lines; keep those whose Suites name $suite.
-      awk -v suite="$suite" 'BEGIN { RS = ""; ORS = "\n\n" }
-        { if (match($0, /(^|\n)Suites:[^\n]*/)) { line = substr($0, RSTART, RLENGTH)
-            if (line ~ ("[ \t]" suite "([ \t-]|$)")) print } }' "$file"
-    else
-      grep -E "^[[:space:]]*deb[[:space:]].*[[:space:]]${suite}([[:space:]]|-)" "$file" || true
-    fi
-  done
-}
-apt_sources=$(select_sources)
+# The host's apt entries for $suite only (mk/apt-sources.sh).
+apt_sources=$("$root/mk/apt-sources.sh" "$suite" ${sources:+"$sources"}) || apt_sources=""
 [[ -n $apt_sources ]] || die "no apt source for '$suite' found in the host's apt configuration
   (/etc/apt/sources.list.d/*.sources or /etc/apt/sources.list); pass --sources FILE with a
   sources list for $suite, or build with BASE_IMAGE=python:3.12-slim"

@@ -20,34 +20,12 @@ include="${MOLECULE_INCLUDE:-systemd,systemd-sysv,dbus,sudo,openssh-server}"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/echolab-molecule.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
-# The host's apt sources files (deb822 and one-line style).
-host_sources() {
-  shopt -s nullglob
-  local files=(/etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list)
-  shopt -u nullglob
-  for f in "${files[@]}"; do [[ -s $f ]] && echo "$f"; done
-  return 0
-}
-
 for suite in "$@"; do
   sources_args=()
   if [[ -n ${ECHOLAB_APT_SOURCES:-} ]]; then
     sources_args=(--sources "$ECHOLAB_APT_SOURCES")
-  elif ! host_sources | xargs -r grep -qsE "(^Suites:.*|^[[:space:]]*deb[[:space:]].*)[[:space:]]${suite}([[:space:]-]|\$)"; then
-    shopt -s nullglob
-    deb822=(/etc/apt/sources.list.d/*.sources)
-    oneline=(/etc/apt/sources.list /etc/apt/sources.list.d/*.list)
-    shopt -u nullglob
-    if ((${#deb822[@]})); then
-      derived="$tmp/$suite.sources"
-      for f in "${deb822[@]}"; do sed -E "s/\\bbookworm\\b/${suite}/g" "$f"; echo; done >"$derived"
-    else
-      derived="$tmp/$suite.list"
-      for f in "${oneline[@]}"; do if [[ -s $f ]]; then sed -E "s/\\bbookworm\\b/${suite}/g" "$f"; fi; done >"$derived"
-    fi
-    echo "molecule-image: no apt source for $suite on this host; using the host's bookworm entries renamed"
-    sources_args=(--sources "$derived")
   fi
+  # (Without it, a suite the host has no entries for gets the host's own renamed: mk/apt-sources.sh.)
   # Rebuild the root file system when its package list (a label of the image) is not ours.
   force=()
   have=$("$docker" image inspect --format '{{ index .Config.Labels "echolab.base.packages" }}' \
