@@ -172,3 +172,6 @@ def check_loadgen(outcome: Outcome, defaults: dict[str, Any]) -> None:
             assert match, (flag, opts[flag])
             assert 0 < float(match.group(1)) * UNITS[match.group(2)] <= most, (flag, opts[flag])
     assert ("--connections" in opts) != ("--duration" in opts), argv
+    assert "--rate" not in opts or 1 <= int(opts["--rate"]) <= 10_000_000, argv
+    for flag in ("--max-p99", "--max-p999"):
+        assert flag not in opts or 0 < float(opts[flag]) <= 3_600_000, argv

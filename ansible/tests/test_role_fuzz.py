@@ -112,6 +112,9 @@ LOADGEN = {
     "echo_loadgen_payload": prefixed(NUMBER, 64),
     "echo_loadgen_max_error_rate": prefixed(NUMBER, 0, 0.5),
     "echo_loadgen_seed": prefixed(NUMBER, 0, 7),
+    "echo_loadgen_rate": prefixed(NUMBER, 0, 200),
+    "echo_loadgen_max_p99_ms": prefixed(NUMBER, 0, 50),
+    "echo_loadgen_max_p999_ms": prefixed(NUMBER, 0, 2.5),
 }
 
 

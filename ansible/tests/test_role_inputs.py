@@ -94,6 +94,10 @@ LOADGEN_REFUSED: list[tuple[dict[str, Any], str]] = [
     ({"echo_loadgen_max_error_rate": 1.5}, "echo_loadgen_max_error_rate"),
     ({"echo_loadgen_max_error_rate": float("nan")}, "echo_loadgen_max_error_rate"),
     ({"echo_loadgen_seed": -1}, "echo_loadgen_seed"),
+    ({"echo_loadgen_rate": -1}, "echo_loadgen_rate"),
+    ({"echo_loadgen_rate": 10000001}, "echo_loadgen_rate"),
+    ({"echo_loadgen_max_p99_ms": -5}, "echo_loadgen_max_p99_ms"),
+    ({"echo_loadgen_max_p999_ms": float("nan")}, "echo_loadgen_max_p999_ms"),
     ({"echo_loadgen_target_port": 70000}, "echo_loadgen_target_port"),
     ({"echo_loadgen_target_host": "server --json /etc/passwd"}, "echo_loadgen_target_host"),
     ({"echo_loadgen_target_host": "server\n"}, "echo_loadgen_target_host"),
@@ -107,6 +111,7 @@ LOADGEN_ACCEPTED: list[dict[str, Any]] = [
     {"echo_loadgen_mode": "stream", "echo_loadgen_duration": "2m", "echo_loadgen_workers": "4"},
     {"echo_loadgen_target_host": "::1", "echo_loadgen_target_port": 7100, "echo_loadgen_seed": 7},
     {"echo_loadgen_timeout": "1.5", "echo_loadgen_max_error_rate": "0.01"},
+    {"echo_loadgen_rate": 200, "echo_loadgen_max_p99_ms": 50, "echo_loadgen_max_p999_ms": 2.5},
 ]
 
 
@@ -158,3 +163,12 @@ def test_environment_values_are_quoted(outcomes: Any) -> None:
 @pytest.mark.parametrize("case", LOADGEN_ACCEPTED, ids=map(repr, LOADGEN_ACCEPTED))
 def test_loadgen_runs_what_it_is_given(outcomes: Any, case: dict[str, Any]) -> None:
     check_loadgen(outcomes["echo_loadgen"][repr(case)], role_defaults("echo_loadgen"))
+
+
+def test_loadgen_open_loop_and_latency_limits_reach_the_command(outcomes: Any) -> None:
+    case = next(c for c in LOADGEN_ACCEPTED if "echo_loadgen_rate" in c)
+    argv = outcomes["echo_loadgen"][repr(case)].rendered["__echo_loadgen_argv"]
+    joined = " ".join(argv)
+    assert "--rate 200" in joined and "--max-p99 50.0" in joined and "--max-p999 2.5" in joined
+    default = outcomes["echo_loadgen"][repr({})].rendered["__echo_loadgen_argv"]
+    assert not {"--rate", "--max-p99", "--max-p999"} & set(default), default
