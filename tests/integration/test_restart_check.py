@@ -272,6 +272,43 @@ def serve_command(port: int, *extra: str) -> str:
                        "--port", str(port), "--grace", "0", *extra])  # fmt: skip
 
 
+def start_command(port: int, pidfile: Path, host: str, *extra: str) -> str:
+    """Start a server detached (the shell exits at once, so the server is re-parented away
+    from pytest: no zombie for `kill -0` to mistake for a live process); its PID to pidfile."""
+    return (
+        f"cd {shlex.quote(str(ROOT))}; {serve_command(port, '--host', host, *extra)} "
+        "</dev/null >/dev/null 2>&1 & "
+        f"echo $! > {pidfile}"
+    )
+
+
+def stop_command(pidfile: Path) -> str:
+    """Stop the server in pidfile and wait for it to exit: a zombie counts as gone (whoever
+    adopted it may be slow to reap it, and `kill -0` would still succeed)."""
+    return (
+        f'pid=$(cat {pidfile}); kill -TERM "$pid"; '
+        f'while [ -r /proc/$pid/stat ] && [ "$(cut -d" " -f3 /proc/$pid/stat)" != Z ]; '
+        f"do sleep 0.01; done; "
+    )
+
+
+def reporting_restart(port: int, pidfile: Path, *extra: str) -> str:
+    """A restart command that reports as the role's restart-service does: stop the server,
+    start the next one, exit 0 once it echoes, or with its own exit status when it exits
+    first (`echolab serve` exits 6 on EADDRINUSE), as `systemctl restart` then the unit's
+    ExecMainStatus do."""
+    probe = shlex.join([sys.executable, "-m", "echolab", "probe", "--quiet", "--timeout", "1",
+                        "--target", f"127.0.0.1:{port}"])  # fmt: skip
+    return (
+        f"{stop_command(pidfile)}cd {shlex.quote(str(ROOT))}; "
+        f"{serve_command(port, *extra)} </dev/null >/dev/null 2>&1 & pid=$!; echo $pid > {pidfile}; "
+        # The shell may have reaped it already (no /proc entry); `wait` still has its status.
+        f"until {probe}; do if [ ! -r /proc/$pid/stat ] || "
+        f'[ "$(cut -d" " -f3 /proc/$pid/stat 2>/dev/null)" = Z ]; then wait "$pid"; exit $?; fi; '
+        "sleep 0.05; done"
+    )
+
+
 @pytest.fixture(params=["127.0.0.1", "0.0.0.0"])
 def managed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, str, Path]]:
     """A server started outside restart-check (detached, as a service manager would run it),
@@ -280,24 +317,11 @@ def managed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[in
     port = free_port()
     pidfile = tmp_path / "server.pid"
     host: str = request.param
-    # The shell exits at once, so the server is re-parented away from pytest (no zombie
-    # for `kill -0` to mistake for a live process).
-    start = (
-        f"cd {shlex.quote(str(ROOT))}; {serve_command(port, '--host', host)} "
-        "</dev/null >/dev/null 2>&1 & "
-        f"echo $! > {pidfile}"
-    )
-    # Wait for the old server to exit: a zombie counts as gone (whoever adopted it may be
-    # slow to reap it, and `kill -0` would still succeed).
-    restart = (
-        f'pid=$(cat {pidfile}); kill -TERM "$pid"; '
-        f'while [ -r /proc/$pid/stat ] && [ "$(cut -d" " -f3 /proc/$pid/stat)" != Z ]; '
-        f"do sleep 0.01; done; {start}"
-    )
+    start = start_command(port, pidfile, host)
     subprocess.run(["sh", "-c", start], check=True)
     wait_until(lambda: listening(port), 10, what=f"a server on port {port}")
     try:
-        yield port, restart, pidfile
+        yield port, stop_command(pidfile) + start, pidfile
     finally:
         stop_pid(int(pidfile.read_text()))
 
@@ -339,6 +363,62 @@ def test_managed_mode_expecting_eaddrinuse_fails_when_the_server_rebinds(
     )
     assert status == 1, data
     assert data["rebind"] == "ok" and data["verdict"] == "fail"
+
+
+def test_managed_mode_without_reuseaddr_the_failed_restart_passes_by_exit_status(
+    managed: tuple[int, str, Path],
+) -> None:
+    """The negative control from the outside (the role's host with reuseaddr off): the next
+    server, started without SO_REUSEADDR, exits 6 on EADDRINUSE and never listens. No bind
+    moment to sample at: the bind attempt's window (old server gone to failure seen) is."""
+    port, _, pidfile = managed
+    restart = reporting_restart(port, pidfile, "--no-reuseaddr")
+    status, data, _ = restart_check(
+        "--restart-cmd", restart, "--target", f"127.0.0.1:{port}", "--no-reuseaddr"
+    )
+    assert status == 0, data["reason"]
+    assert data["restart_cmd_status"] == 6  # errors.EXIT_ADDR_IN_USE, the new server's own
+    assert data["rebind"] == "EADDRINUSE" and "exited 6" in data["rebind_evidence"]
+    assert data["listeners_after"] == [] and not listening(port)
+    assert data["time_wait_before_bind"] >= 5 and data["time_wait_after_bind"] >= 5
+    assert data["time_wait_at_restart"] == 5
+    window = data["details"]["bind_attempt"]
+    assert window["from_ms"] <= window["to_ms"]
+    assert {"restart_failed", "bind_attempt"} <= set(events(data))
+    assert "at the bind attempt" in data["links"]["time_wait"]["evidence"]
+    assert data["verdict"] == "pass" and data["expected"].startswith("EADDRINUSE")
+
+
+def test_managed_mode_eaddrinuse_from_time_wait_not_of_this_run_is_invalid(
+    tmp_path: Path,
+) -> None:
+    """A real EADDRINUSE (the next server exits 6), but the TIME_WAIT it collided with is an
+    earlier session's, not this run's (its clients closed first): that proves nothing."""
+    port = free_port()
+    pidfile = tmp_path / "server.pid"
+    subprocess.run(["sh", "-c", start_command(port, pidfile, "127.0.0.1", "--idle-timeout", "0.5")],
+                   check=True)  # fmt: skip
+    try:
+        wait_until(lambda: listening(port), 10, what=f"a server on port {port}")
+        # An earlier session the server ends itself (idle timeout): TIME_WAIT on its port.
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as earlier:
+            earlier.settimeout(5)
+            assert earlier.recv(1) == b""  # the server's FIN
+        wait_until(lambda: (ss_time_wait(port) or 0) >= 1 or not shutil.which("ss"), 5,
+                   what="the earlier session's TIME_WAIT")  # fmt: skip
+        restart = reporting_restart(port, pidfile, "--no-reuseaddr")
+        status, data, _ = restart_check("--restart-cmd", restart, "--target",
+                                        f"127.0.0.1:{port}", "--no-reuseaddr",
+                                        "--close-first", "client")  # fmt: skip
+    finally:
+        stop_pid(int(pidfile.read_text()))
+    assert data["restart_cmd_status"] == 6 and data["rebind"] == "EADDRINUSE"  # real, and...
+    assert data["time_wait_before"] >= 1  # ...caused by the earlier session's TIME_WAIT
+    assert not data["time_wait_at_restart"]
+    assert data["links"]["restart"]["ok"] is True
+    assert data["links"]["time_wait"]["ok"] is False
+    assert status == 3, data["reason"]
+    assert data["verdict"] == "invalid" and "the clients closed first" in data["reason"]
 
 
 def test_managed_mode_with_a_command_that_restarts_nothing_is_invalid(

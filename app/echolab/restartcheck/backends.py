@@ -442,6 +442,11 @@ class CommandBackend:
             )
         self.status = proc.returncode
         ctx.timeline.mark("restart_cmd_exited", f"exit {self.status}")
+        if self.status:
+            # The failure is seen now: a new server that tried to bind has tried by now. The
+            # engine takes this reading as the end of the bind attempt's window.
+            ctx.timeline.mark("restart_failed", f"the restart command exited {self.status}")
+            ctx.sample_now("restart-failed")
 
     def gave_up(self) -> bool:
         return bool(self.status)
@@ -459,14 +464,13 @@ class CommandBackend:
         """The outcome from the command's status and the port's listeners."""
         if r.echoed_after and restarted:
             r.rebind = "ok"
-        elif self.status == EXIT_ADDR_IN_USE:
-            r.rebind = "EADDRINUSE"
-            r.rebind_evidence = f"the restart command exited {self.status}, EXIT_ADDR_IN_USE"
-        elif self.status and not r.listeners_after and "already in use" in r.restart_output:
+        elif self.status == EXIT_ADDR_IN_USE and not after:
+            # By status only, never by a sentence in its output: the command passes on the new
+            # server's exit status (the role's restart-service: the unit's ExecMainStatus).
             r.rebind = "EADDRINUSE"
             r.rebind_evidence = (
-                f"the restart command failed (exit {self.status}), no listener on the port, and "
-                "its output says 'already in use' (exit 6 would say it by status alone)"
+                f"the restart command exited {self.status}, EXIT_ADDR_IN_USE, and no new "
+                "listener took the port"
             )
         elif self.status:
             r.rebind = f"failed (exit {self.status})"

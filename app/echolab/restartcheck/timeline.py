@@ -39,6 +39,7 @@ class Sample:
     accept_queue: int  # connections waiting in the listeners' accept queues
     ours: frozenset[tuple[str, int]]  # TIME_WAIT facing the held clients' (address, port)
     label: str = ""  # set for a reading the engine asked for at a given moment
+    began: float = 0.0  # when the reading began (`t` is when it ended: /proc takes a while)
 
 
 @dataclass
@@ -135,8 +136,11 @@ class Sampler(threading.Thread):
         self._last_listeners: tuple[int, ...] = ()
 
     def read(self, label: str = "") -> Sample:
+        began = time.monotonic()
         sockets = read_sockets(self.port, "local", addr=self.addr)
-        return self._summarise(time.monotonic(), sockets, label)
+        sample = self._summarise(time.monotonic(), sockets, label)
+        sample.began = began
+        return sample
 
     def _summarise(self, t: float, sockets: list[TcpSocket], label: str) -> Sample:
         counts: Counter[str] = Counter()
