@@ -271,7 +271,9 @@ class LocalBackend:
         assert self.old is not None
         r.generation_before = self.generation_before
         r.generation_after = max((g for _, g in self.old.generations), default=1)
-        r.server_pid_after = self.old.pid if self.old.proc.poll() is None else None
+        # The server survived the reload unless it died on the SIGHUP (finish runs after
+        # close(), which has stopped it by now: its state then says nothing).
+        r.server_pid_after = self.old.pid if self.failed_status is None else None
         if self.failed_status is not None:
             r.rebind = f"failed (SIGHUP: the server {describe(self.failed_status)})"
             r.restart_output = self.old.last_line()
