@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 
 from echolab.proctree import children_of, descendants_of, kill_tree, process_state
+from echolab.restartcheck.timeline import Prober, Timeline
+from echolab.tcpstate import read_sockets
 from tests.support import ROOT, echolab_cmd, require, run_echolab, ss_time_wait, wait_until
 
 KEYS = {"schema", "strategy", "reuseaddr", "time_wait_at_restart", "rebind", "restart_ms",
@@ -338,6 +340,41 @@ def stop_pid(pid: int) -> None:
         pass
     except AssertionError:
         kill_tree(pid)
+
+
+def test_probes_close_with_a_reset_and_leave_no_time_wait() -> None:
+    """A probe must never leave TIME_WAIT, on its side or the server's: one on the server's
+    port made a later bind without SO_REUSEADDR fail that this run's sessions did not block
+    (SO_LINGER was {1, 1}: an orderly close, not a reset)."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["sh", "-c", f"exec {serve_command(port)}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: listening(port), 10, what=f"a server on port {port}")
+
+        def time_wait() -> tuple[int, int]:  # (server's side, clients' side)
+            return (len(read_sockets(port, "local", states=("TIME_WAIT",))),
+                    len(read_sockets(port, "remote", states=("TIME_WAIT",))))  # fmt: skip
+
+        # listening()'s own connection closes in order: let it reach TIME_WAIT first.
+        wait_until(lambda: {s.state for s in read_sockets(port, "remote")} <= {"TIME_WAIT"}, 10,
+                   what="the check's connection to settle")  # fmt: skip
+        before = time_wait()
+        timeline = Timeline()
+        prober = Prober(timeline, socket.AF_INET, ("127.0.0.1", port), 5.0)
+        prober.start()
+        time.sleep(0.5)
+        prober.stop()
+        after = time_wait()
+    finally:
+        server.terminate()
+        server.wait(10)
+    outcomes = [p.outcome for p in timeline.probes]
+    assert outcomes.count("ok") >= 10, outcomes
+    assert after == before, f"{len(outcomes)} probes left TIME_WAIT: {before} -> {after}"
 
 
 def test_managed_mode_measures_a_restart_from_the_outside(

@@ -30,6 +30,7 @@ from echolab.proctree import ProcessGroup, process_state, signal_process, start_
 from echolab.ready import parse_ready
 from echolab.restartcheck.engine import Context, Plan
 from echolab.restartcheck.result import Result
+from echolab.tcpstate import read_sockets
 
 PID_IN_LINE = re.compile(r"echolab\[(\d+)\]")
 # serve's reload line names the reload and its generation, in either order: "... reload ...
@@ -147,6 +148,11 @@ class ServeProcess:
         self._reader.join(2)
 
 
+def port_sockets(port: int) -> list[str]:
+    """Every socket on the server's port now, in every state (what a failed bind met)."""
+    return sorted(f"{s.state} {s.local} {s.remote_addr}:{s.remote_port}" for s in read_sockets(port))
+
+
 def describe(status: int) -> str:
     """An exit status as a person reads it (Popen: -N for a signal)."""
     if status < 0:
@@ -177,6 +183,7 @@ class LocalBackend:
         self.old: ServeProcess | None = None
         self.new: ServeProcess | None = None
         self.failed_status: int | None = None
+        self.port_at_failure: list[str] = []
         self.generation_before = 1
 
     def start(self, ctx: Context) -> tuple[str, int]:
@@ -224,6 +231,7 @@ class LocalBackend:
         else:
             self.failed_status = rc
             ctx.timeline.mark("start_failed", f"exit {rc}: {self.new.last_line()}")
+            self.port_at_failure = port_sockets(port)
         ctx.sample_now("after-bind")
         return rc is None
 
@@ -266,6 +274,7 @@ class LocalBackend:
             r.new_server_status = self.failed_status
             r.rebind, r.rebind_evidence = rebind_of(self.failed_status, self.new.last_line())
             r.restart_output = self.new.last_line()
+            r.details["port_at_failure"] = self.port_at_failure
 
     def finish_reload(self, r: Result) -> None:
         assert self.old is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -27,6 +28,7 @@ PROBE_PAYLOAD = b"echolab restart-check probe\n"
 # States counted per sample; NEW_SYN_RECV (a request socket) is counted as SYN_RECV.
 COUNTED = ("LISTEN", "ESTABLISHED", "TIME_WAIT", "SYN_RECV")
 OUTCOMES = ("ok", "refused", "reset", "timeout", "echo_failed", "other")
+LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 
 
 @dataclass
@@ -304,7 +306,11 @@ class Prober(threading.Thread):
         probe.outcome = outcome
         self._sel.unregister(sock)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00" * 2)
+            # struct linger {l_onoff = 1, l_linger = 0}: close() resets. (Linger 1 s would
+            # close in order, FIN first: TIME_WAIT on the probe's side, or on the server's
+            # port when the server closed at the same moment, blocking a bind without
+            # SO_REUSEADDR that this run's sessions did not block.)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
         except OSError:
             pass
         sock.close()
