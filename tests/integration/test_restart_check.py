@@ -307,7 +307,8 @@ def reporting_restart(port: int, pidfile: Path, *extra: str) -> str:
                         "--target", f"127.0.0.1:{port}"])  # fmt: skip
     return (
         f"{stop_command(pidfile)}cd {shlex.quote(str(ROOT))}; "
-        f"{serve_command(port, *extra)} </dev/null >/dev/null 2>&1 & pid=$!; echo $pid > {pidfile}; "
+        f"{serve_command(port, *extra)} </dev/null >/dev/null 2>&1 & pid=$!; "
+        f"echo $pid > {pidfile}; "
         # The shell may have reaped it already (no /proc entry); `wait` still has its status.
         f"until {probe}; do if [ ! -r /proc/$pid/stat ] || "
         f'[ "$(cut -d" " -f3 /proc/$pid/stat 2>/dev/null)" = Z ]; then wait "$pid"; exit $?; fi; '

@@ -150,7 +150,9 @@ class ServeProcess:
 
 def port_sockets(port: int) -> list[str]:
     """Every socket on the server's port now, in every state (what a failed bind met)."""
-    return sorted(f"{s.state} {s.local} {s.remote_addr}:{s.remote_port}" for s in read_sockets(port))
+    return sorted(
+        f"{s.state} {s.local} {s.remote_addr}:{s.remote_port}" for s in read_sockets(port)
+    )
 
 
 def describe(status: int) -> str:
