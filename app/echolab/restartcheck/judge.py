@@ -136,7 +136,6 @@ def time_wait_link(r: Result) -> tuple[bool, str]:
 
 def outcome_link(r: Result) -> tuple[bool, str]:
     """(c): did the strategy deliver what it promises."""
-    p = r.probes
     if r.strategy == "stop-start" and not r.reuseaddr:
         if r.rebind == "EADDRINUSE":
             return True, f"the restart without SO_REUSEADDR got EADDRINUSE ({r.rebind_evidence})"
@@ -153,8 +152,13 @@ def outcome_link(r: Result) -> tuple[bool, str]:
             return False, f"bound after {r.rebind_ms or 0:.0f} ms, over --rebind-limit {limit:g} ms"
         took = f" {r.rebind_ms:.0f} ms after the old server was gone" if r.rebind_ms else ""
         return True, f"the new server bound{took} and echoed"
-    # The zero-downtime strategies promise that nobody is turned away: no connect refused,
-    # none reset, every probe and every queued client echoed.
+    return zero_downtime_outcome(r)
+
+
+def zero_downtime_outcome(r: Result) -> tuple[bool, str]:
+    """(c) for reuseport, socket activation and reload, which promise that nobody is turned
+    away: no connect refused, none reset, every probe and every queued client echoed."""
+    p = r.probes
     if p.refused:
         return False, f"{p.refused} of {p.attempts} probe connects refused during the restart"
     lost = p.reset + p.echo_failed + p.timeout + p.other
