@@ -463,6 +463,43 @@ def test_managed_mode_eaddrinuse_from_time_wait_not_of_this_run_is_invalid(
     assert data["verdict"] == "invalid" and "the clients closed first" in data["reason"]
 
 
+def test_managed_socket_activation_hands_the_listener_to_the_next_server(tmp_path: Path) -> None:
+    """--strategy socket-activation from the outside (the role's hosts with a socket unit):
+    a socket holder run by something else restarts its server when told; the listener
+    outlives it and nobody is turned away."""
+    require(shutil.which("systemd-socket-activate") is not None,
+            "systemd-socket-activate is not installed (Debian: systemd)")  # fmt: skip
+    port, pidfile = free_port(), tmp_path / "server.pid"
+    serve = shlex.join([sys.executable, "-m", "echolab", "serve", "--grace", "0"])
+    loop = (f'while :; do sh -c "export LISTEN_PID=\\$\\$; echo \\$\\$ > {pidfile}; '
+            f'exec {serve}"; sleep 0.2; done')  # fmt: skip
+    holder = subprocess.Popen(
+        ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--", "sh", "-c", loop],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, start_new_session=True,
+    )  # fmt: skip
+    restart = (f'old=$(cat {pidfile}); kill -TERM "$old"; '
+               f'while [ "$(cat {pidfile})" = "$old" ]; do sleep 0.02; done')  # fmt: skip
+    try:
+        wait_until(lambda: listening(port) and pidfile.exists(), 10, what="the first server")
+        old_pid = int(pidfile.read_text())
+        status, data, _ = restart_check("--strategy", "socket-activation", "--restart-cmd",
+                                        restart, "--target", f"127.0.0.1:{port}")  # fmt: skip
+        new_pid = int(pidfile.read_text())
+    finally:
+        os.killpg(holder.pid, signal.SIGTERM)  # the holder, its loop and the server
+        holder.wait(10)
+        if pidfile.exists():
+            stop_pid(int(pidfile.read_text()))
+    assert status == 0, data["reason"]
+    assert data["listeners_before"] == data["listeners_after"]  # the same socket throughout
+    assert old_pid in data["owners_before"] and new_pid in data["owners_after"]
+    assert old_pid not in data["owners_after"]
+    assert data["no_listener_ms"] == 0 and data["probes"]["refused"] == 0
+    assert data["rebind"] == "ok" and data["verdict"] == "pass"
+    assert "passed from PID" in data["links"]["restart"]["evidence"]
+
+
 def test_managed_mode_with_a_command_that_restarts_nothing_is_invalid(
     managed: tuple[int, str, Path],
 ) -> None:
