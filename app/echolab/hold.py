@@ -120,11 +120,13 @@ class HeldClients:
         """Send `payload` on every open client (the reload check: do sessions survive?)."""
         sent = 0
         for fd, sock in list(self.open.items()):
+            # Zeroed before the send: the watcher thread may read the echo before send()
+            # returns here, and zeroing after would lose it (the session would look dead).
+            self.received[fd] = 0
             try:
                 sock.send(payload)
             except OSError:
                 continue
-            self.received[fd] = 0
             sent += 1
         return sent
 

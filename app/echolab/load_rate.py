@@ -84,7 +84,7 @@ class RateLoop:
         self.started = 0
         self.backoff_until = 0.0
 
-    def run(self) -> None:
+    def run(self) -> None:  # noqa: PLR0912, PLR0915  the hot path (see below)
         """The loop: start connections, handle their events, sweep; then count the end."""
         # Over the length rule on purpose: this is the generator's hot path (bench/loadgen.py
         # holds it to the C client's rate). What happens per event is written inline with

@@ -120,6 +120,14 @@ class Hammer(threading.Thread):
         self.join(60)
 
 
+def assert_same_descriptors(before: dict[int, str], after: dict[int, str]) -> None:
+    """The same descriptors to the same sockets; the wakeup pipe is new, but still a pipe."""
+    assert after.keys() == before.keys()
+    for fd, target in before.items():
+        same_kind = target.split(":")[0] == after[fd].split(":")[0]
+        assert target == after[fd] or (same_kind and target.startswith("pipe:")), fd
+
+
 def test_twenty_reloads_under_load_refuse_nobody_and_adopt_every_child() -> None:
     srv = start_server("--grace", "5")
     try:
@@ -161,11 +169,7 @@ def test_twenty_reloads_under_load_refuse_nobody_and_adopt_every_child() -> None
             lambda: set(children_of(srv.pid)) == idle_pids, 20, what="only the idle sessions left"
         )
         assert not [k for k in children_of(srv.pid) if process_state(k) == "Z"], "a zombie"
-        fds_after = fd_table(srv.pid)
-        assert fds_after.keys() == fds_before.keys()
-        for fd, target in fds_before.items():  # same sockets; the wakeup pipe is new, a pipe
-            same_kind = target.split(":")[0] == fds_after[fd].split(":")[0]
-            assert target == fds_after[fd] or (same_kind and target.startswith("pipe:")), fd
+        assert_same_descriptors(fds_before, fd_table(srv.pid))
         stopped_at = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
         for c in idle:  # ended in order at the stop: a FIN from the server

@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 
 from echolab.proctree import children_of, descendants_of, kill_tree, process_state
+from echolab.restartcheck.timeline import Prober, Timeline
+from echolab.tcpstate import read_sockets
 from tests.support import ROOT, echolab_cmd, require, run_echolab, ss_time_wait, wait_until
 
 KEYS = {"schema", "strategy", "reuseaddr", "time_wait_at_restart", "rebind", "restart_ms",
@@ -204,15 +206,19 @@ def test_socket_activation_the_listener_outlives_the_server() -> None:
     assert data["time_wait_at_restart"] >= 1  # it lingered, and did not matter
 
 
-def test_reload_without_a_new_generation_is_not_a_reload() -> None:
+def test_reload_keeps_the_process_and_listener_and_logs_a_new_generation() -> None:
     """The reload's evidence is a new generation in the server's log, with the same PID and
-    listener. (The end-to-end reload test comes with serve's SIGHUP reload.)"""
+    listener; the held sessions outlive it. (A reload without a new generation, or under
+    another PID, is judged invalid: the judge's table in tests/unit/test_restart_judge.py.)"""
     status, data, _ = restart_check("--port", "0", "--strategy", "reload")
-    if data["generation_after"] and data["generation_after"] > 1:
-        pytest.skip("this serve reloads on SIGHUP: covered by the reload test")
-    assert status in (1, 3), data
-    assert data["verdict"] in ("fail", "invalid")
-    assert "generation" in data["reason"] or "SIGHUP" in data["reason"]
+    assert status == 0, data["reason"]
+    assert (data["generation_before"], data["generation_after"]) == (1, 2)
+    assert data["server_pid_before"] == data["server_pid_after"] is not None
+    assert data["listeners_before"] == data["listeners_after"] != []
+    assert data["no_listener_ms"] == 0 and data["probes"]["refused"] == 0
+    assert data["sessions_survived"] == data["clients"] == 5
+    assert data["rebind"] == "ok" and data["verdict"] == "pass"
+    assert f"generation 1 -> 2, same PID {data['server_pid_before']}" in data["reason"]
 
 
 def test_compare_runs_every_strategy_and_prints_one_table(tmp_path: Path) -> None:
@@ -272,6 +278,44 @@ def serve_command(port: int, *extra: str) -> str:
                        "--port", str(port), "--grace", "0", *extra])  # fmt: skip
 
 
+def start_command(port: int, pidfile: Path, host: str, *extra: str) -> str:
+    """Start a server detached (the shell exits at once, so the server is re-parented away
+    from pytest: no zombie for `kill -0` to mistake for a live process); its PID to pidfile."""
+    return (
+        f"cd {shlex.quote(str(ROOT))}; {serve_command(port, '--host', host, *extra)} "
+        "</dev/null >/dev/null 2>&1 & "
+        f"echo $! > {pidfile}"
+    )
+
+
+def stop_command(pidfile: Path) -> str:
+    """Stop the server in pidfile and wait for it to exit: a zombie counts as gone (whoever
+    adopted it may be slow to reap it, and `kill -0` would still succeed)."""
+    return (
+        f'pid=$(cat {pidfile}); kill -TERM "$pid"; '
+        f'while [ -r /proc/$pid/stat ] && [ "$(cut -d" " -f3 /proc/$pid/stat)" != Z ]; '
+        f"do sleep 0.01; done; "
+    )
+
+
+def reporting_restart(port: int, pidfile: Path, *extra: str) -> str:
+    """A restart command that reports as the role's restart-service does: stop the server,
+    start the next one, exit 0 once it echoes, or with its own exit status when it exits
+    first (`echolab serve` exits 6 on EADDRINUSE), as `systemctl restart` then the unit's
+    ExecMainStatus do."""
+    probe = shlex.join([sys.executable, "-m", "echolab", "probe", "--quiet", "--timeout", "1",
+                        "--target", f"127.0.0.1:{port}"])  # fmt: skip
+    return (
+        f"{stop_command(pidfile)}cd {shlex.quote(str(ROOT))}; "
+        f"{serve_command(port, *extra)} </dev/null >/dev/null 2>&1 & pid=$!; "
+        f"echo $pid > {pidfile}; "
+        # The shell may have reaped it already (no /proc entry); `wait` still has its status.
+        f"until {probe}; do if [ ! -r /proc/$pid/stat ] || "
+        f'[ "$(cut -d" " -f3 /proc/$pid/stat 2>/dev/null)" = Z ]; then wait "$pid"; exit $?; fi; '
+        "sleep 0.05; done"
+    )
+
+
 @pytest.fixture(params=["127.0.0.1", "0.0.0.0"])
 def managed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, str, Path]]:
     """A server started outside restart-check (detached, as a service manager would run it),
@@ -280,24 +324,11 @@ def managed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[in
     port = free_port()
     pidfile = tmp_path / "server.pid"
     host: str = request.param
-    # The shell exits at once, so the server is re-parented away from pytest (no zombie
-    # for `kill -0` to mistake for a live process).
-    start = (
-        f"cd {shlex.quote(str(ROOT))}; {serve_command(port, '--host', host)} "
-        "</dev/null >/dev/null 2>&1 & "
-        f"echo $! > {pidfile}"
-    )
-    # Wait for the old server to exit: a zombie counts as gone (whoever adopted it may be
-    # slow to reap it, and `kill -0` would still succeed).
-    restart = (
-        f'pid=$(cat {pidfile}); kill -TERM "$pid"; '
-        f'while [ -r /proc/$pid/stat ] && [ "$(cut -d" " -f3 /proc/$pid/stat)" != Z ]; '
-        f"do sleep 0.01; done; {start}"
-    )
+    start = start_command(port, pidfile, host)
     subprocess.run(["sh", "-c", start], check=True)
     wait_until(lambda: listening(port), 10, what=f"a server on port {port}")
     try:
-        yield port, restart, pidfile
+        yield port, stop_command(pidfile) + start, pidfile
     finally:
         stop_pid(int(pidfile.read_text()))
 
@@ -310,6 +341,41 @@ def stop_pid(pid: int) -> None:
         pass
     except AssertionError:
         kill_tree(pid)
+
+
+def test_probes_close_with_a_reset_and_leave_no_time_wait() -> None:
+    """A probe must never leave TIME_WAIT, on its side or the server's: one on the server's
+    port made a later bind without SO_REUSEADDR fail that this run's sessions did not block
+    (SO_LINGER was {1, 1}: an orderly close, not a reset)."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["sh", "-c", f"exec {serve_command(port)}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: listening(port), 10, what=f"a server on port {port}")
+
+        def time_wait() -> tuple[int, int]:  # (server's side, clients' side)
+            return (len(read_sockets(port, "local", states=("TIME_WAIT",))),
+                    len(read_sockets(port, "remote", states=("TIME_WAIT",))))  # fmt: skip
+
+        # listening()'s own connection closes in order: let it reach TIME_WAIT first.
+        wait_until(lambda: {s.state for s in read_sockets(port, "remote")} <= {"TIME_WAIT"}, 10,
+                   what="the check's connection to settle")  # fmt: skip
+        before = time_wait()
+        timeline = Timeline()
+        prober = Prober(timeline, socket.AF_INET, ("127.0.0.1", port), 5.0)
+        prober.start()
+        time.sleep(0.5)
+        prober.stop()
+        after = time_wait()
+    finally:
+        server.terminate()
+        server.wait(10)
+    outcomes = [p.outcome for p in timeline.probes]
+    assert outcomes.count("ok") >= 10, outcomes
+    assert after == before, f"{len(outcomes)} probes left TIME_WAIT: {before} -> {after}"
 
 
 def test_managed_mode_measures_a_restart_from_the_outside(
@@ -339,6 +405,99 @@ def test_managed_mode_expecting_eaddrinuse_fails_when_the_server_rebinds(
     )
     assert status == 1, data
     assert data["rebind"] == "ok" and data["verdict"] == "fail"
+
+
+def test_managed_mode_without_reuseaddr_the_failed_restart_passes_by_exit_status(
+    managed: tuple[int, str, Path],
+) -> None:
+    """The negative control from the outside (the role's host with reuseaddr off): the next
+    server, started without SO_REUSEADDR, exits 6 on EADDRINUSE and never listens. No bind
+    moment to sample at: the bind attempt's window (old server gone to failure seen) is."""
+    port, _, pidfile = managed
+    restart = reporting_restart(port, pidfile, "--no-reuseaddr")
+    status, data, _ = restart_check(
+        "--restart-cmd", restart, "--target", f"127.0.0.1:{port}", "--no-reuseaddr"
+    )
+    assert status == 0, data["reason"]
+    assert data["restart_cmd_status"] == 6  # errors.EXIT_ADDR_IN_USE, the new server's own
+    assert data["rebind"] == "EADDRINUSE" and "exited 6" in data["rebind_evidence"]
+    assert data["listeners_after"] == [] and not listening(port)
+    assert data["time_wait_before_bind"] >= 5 and data["time_wait_after_bind"] >= 5
+    assert data["time_wait_at_restart"] == 5
+    window = data["details"]["bind_attempt"]
+    assert window["from_ms"] <= window["to_ms"]
+    assert {"restart_failed", "bind_attempt"} <= set(events(data))
+    assert "at the bind attempt" in data["links"]["time_wait"]["evidence"]
+    assert data["verdict"] == "pass" and data["expected"].startswith("EADDRINUSE")
+
+
+def test_managed_mode_eaddrinuse_from_time_wait_not_of_this_run_is_invalid(
+    tmp_path: Path,
+) -> None:
+    """A real EADDRINUSE (the next server exits 6), but the TIME_WAIT it collided with is an
+    earlier session's, not this run's (its clients closed first): that proves nothing."""
+    port = free_port()
+    pidfile = tmp_path / "server.pid"
+    subprocess.run(["sh", "-c", start_command(port, pidfile, "127.0.0.1", "--idle-timeout", "0.5")],
+                   check=True)  # fmt: skip
+    try:
+        wait_until(lambda: listening(port), 10, what=f"a server on port {port}")
+        # An earlier session the server ends itself (idle timeout): TIME_WAIT on its port.
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as earlier:
+            earlier.settimeout(5)
+            assert earlier.recv(1) == b""  # the server's FIN
+        wait_until(lambda: (ss_time_wait(port) or 0) >= 1 or not shutil.which("ss"), 5,
+                   what="the earlier session's TIME_WAIT")  # fmt: skip
+        restart = reporting_restart(port, pidfile, "--no-reuseaddr")
+        status, data, _ = restart_check("--restart-cmd", restart, "--target",
+                                        f"127.0.0.1:{port}", "--no-reuseaddr",
+                                        "--close-first", "client")  # fmt: skip
+    finally:
+        stop_pid(int(pidfile.read_text()))
+    assert data["restart_cmd_status"] == 6 and data["rebind"] == "EADDRINUSE"  # real, and...
+    assert data["time_wait_before"] >= 1  # ...caused by the earlier session's TIME_WAIT
+    assert not data["time_wait_at_restart"]
+    assert data["links"]["restart"]["ok"] is True
+    assert data["links"]["time_wait"]["ok"] is False
+    assert status == 3, data["reason"]
+    assert data["verdict"] == "invalid" and "the clients closed first" in data["reason"]
+
+
+def test_managed_socket_activation_hands_the_listener_to_the_next_server(tmp_path: Path) -> None:
+    """--strategy socket-activation from the outside (the role's hosts with a socket unit):
+    a socket holder run by something else restarts its server when told; the listener
+    outlives it and nobody is turned away."""
+    require(shutil.which("systemd-socket-activate") is not None,
+            "systemd-socket-activate is not installed (Debian: systemd)")  # fmt: skip
+    port, pidfile = free_port(), tmp_path / "server.pid"
+    serve = shlex.join([sys.executable, "-m", "echolab", "serve", "--grace", "0"])
+    loop = (f'while :; do sh -c "export LISTEN_PID=\\$\\$; echo \\$\\$ > {pidfile}; '
+            f'exec {serve}"; sleep 0.2; done')  # fmt: skip
+    holder = subprocess.Popen(
+        ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--", "sh", "-c", loop],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, start_new_session=True,
+    )  # fmt: skip
+    restart = (f'old=$(cat {pidfile}); kill -TERM "$old"; '
+               f'while [ "$(cat {pidfile})" = "$old" ]; do sleep 0.02; done')  # fmt: skip
+    try:
+        wait_until(lambda: listening(port) and pidfile.exists(), 10, what="the first server")
+        old_pid = int(pidfile.read_text())
+        status, data, _ = restart_check("--strategy", "socket-activation", "--restart-cmd",
+                                        restart, "--target", f"127.0.0.1:{port}")  # fmt: skip
+        new_pid = int(pidfile.read_text())
+    finally:
+        os.killpg(holder.pid, signal.SIGTERM)  # the holder, its loop and the server
+        holder.wait(10)
+        if pidfile.exists():
+            stop_pid(int(pidfile.read_text()))
+    assert status == 0, data["reason"]
+    assert data["listeners_before"] == data["listeners_after"]  # the same socket throughout
+    assert old_pid in data["owners_before"] and new_pid in data["owners_after"]
+    assert old_pid not in data["owners_after"]
+    assert data["no_listener_ms"] == 0 and data["probes"]["refused"] == 0
+    assert data["rebind"] == "ok" and data["verdict"] == "pass"
+    assert "passed from PID" in data["links"]["restart"]["evidence"]
 
 
 def test_managed_mode_with_a_command_that_restarts_nothing_is_invalid(

@@ -30,6 +30,7 @@ from echolab.proctree import ProcessGroup, process_state, signal_process, start_
 from echolab.ready import parse_ready
 from echolab.restartcheck.engine import Context, Plan
 from echolab.restartcheck.result import Result
+from echolab.tcpstate import read_sockets
 
 PID_IN_LINE = re.compile(r"echolab\[(\d+)\]")
 # serve's reload line names the reload and its generation, in either order: "... reload ...
@@ -147,6 +148,13 @@ class ServeProcess:
         self._reader.join(2)
 
 
+def port_sockets(port: int) -> list[str]:
+    """Every socket on the server's port now, in every state (what a failed bind met)."""
+    return sorted(
+        f"{s.state} {s.local} {s.remote_addr}:{s.remote_port}" for s in read_sockets(port)
+    )
+
+
 def describe(status: int) -> str:
     """An exit status as a person reads it (Popen: -N for a signal)."""
     if status < 0:
@@ -177,6 +185,7 @@ class LocalBackend:
         self.old: ServeProcess | None = None
         self.new: ServeProcess | None = None
         self.failed_status: int | None = None
+        self.port_at_failure: list[str] = []
         self.generation_before = 1
 
     def start(self, ctx: Context) -> tuple[str, int]:
@@ -224,6 +233,7 @@ class LocalBackend:
         else:
             self.failed_status = rc
             ctx.timeline.mark("start_failed", f"exit {rc}: {self.new.last_line()}")
+            self.port_at_failure = port_sockets(port)
         ctx.sample_now("after-bind")
         return rc is None
 
@@ -266,12 +276,15 @@ class LocalBackend:
             r.new_server_status = self.failed_status
             r.rebind, r.rebind_evidence = rebind_of(self.failed_status, self.new.last_line())
             r.restart_output = self.new.last_line()
+            r.details["port_at_failure"] = self.port_at_failure
 
     def finish_reload(self, r: Result) -> None:
         assert self.old is not None
         r.generation_before = self.generation_before
         r.generation_after = max((g for _, g in self.old.generations), default=1)
-        r.server_pid_after = self.old.pid if self.old.proc.poll() is None else None
+        # The server survived the reload unless it died on the SIGHUP (finish runs after
+        # close(), which has stopped it by now: its state then says nothing).
+        r.server_pid_after = self.old.pid if self.failed_status is None else None
         if self.failed_status is not None:
             r.rebind = f"failed (SIGHUP: the server {describe(self.failed_status)})"
             r.restart_output = self.old.last_line()
@@ -442,6 +455,11 @@ class CommandBackend:
             )
         self.status = proc.returncode
         ctx.timeline.mark("restart_cmd_exited", f"exit {self.status}")
+        if self.status:
+            # The failure is seen now: a new server that tried to bind has tried by now. The
+            # engine takes this reading as the end of the bind attempt's window.
+            ctx.timeline.mark("restart_failed", f"the restart command exited {self.status}")
+            ctx.sample_now("restart-failed")
 
     def gave_up(self) -> bool:
         return bool(self.status)
@@ -459,14 +477,13 @@ class CommandBackend:
         """The outcome from the command's status and the port's listeners."""
         if r.echoed_after and restarted:
             r.rebind = "ok"
-        elif self.status == EXIT_ADDR_IN_USE:
-            r.rebind = "EADDRINUSE"
-            r.rebind_evidence = f"the restart command exited {self.status}, EXIT_ADDR_IN_USE"
-        elif self.status and not r.listeners_after and "already in use" in r.restart_output:
+        elif self.status == EXIT_ADDR_IN_USE and not after:
+            # By status only, never by a sentence in its output: the command passes on the new
+            # server's exit status (the role's restart-service: the unit's ExecMainStatus).
             r.rebind = "EADDRINUSE"
             r.rebind_evidence = (
-                f"the restart command failed (exit {self.status}), no listener on the port, and "
-                "its output says 'already in use' (exit 6 would say it by status alone)"
+                f"the restart command exited {self.status}, EXIT_ADDR_IN_USE, and no new "
+                "listener took the port"
             )
         elif self.status:
             r.rebind = f"failed (exit {self.status})"

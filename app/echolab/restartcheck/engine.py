@@ -468,10 +468,39 @@ class Experiment:
                 return (later[i - 1] if i else None), s
         takeover = self.takeover_time()
         if takeover is None:
-            return None, None
+            return self.failed_bind_samples(later)
         before = [s for s in later if s.t < takeover]
         after = [s for s in later if s.t >= takeover]
         return (before[-1] if before else None), (after[0] if after else None)
+
+    def failed_bind_samples(self, later: list[Sample]) -> tuple[Sample | None, Sample | None]:
+        """A restart whose new server never listened (EADDRINUSE), seen from the outside: its
+        bind attempt lies after the old server had let go of the port (its listener gone and
+        the held sessions closed by it: a service manager starts the next server only then)
+        and before the failure was seen (the backend's "restart_failed" mark and its reading).
+        The readings at both ends of that window; TIME_WAIT of our sessions in both was there
+        throughout, since a held session's TIME_WAIT never comes back once it has expired."""
+        failed = self._event_time("restart_failed")
+        old = set(self.result.listeners_before)
+        gone = next((s.t for s in later if not old & set(s.listeners)), None)
+        if failed is None or gone is None or gone > failed:
+            return None, None
+        opened = gone
+        if self.held is not None and self.held.by_server:
+            opened = max(opened, self.held.last_close)
+        before = next((s for s in later if opened <= s.began and s.t <= failed), None)
+        after = next((s for s in later if s.label == "restart-failed"), None)
+        after = after or next((s for s in later if s.t >= failed), None)
+        if before is None or after is None:
+            return None, None
+        self.result.details["bind_attempt"] = {
+            "from_ms": round((before.t - self.timeline.t0) * 1000, 1),
+            "to_ms": round((after.t - self.timeline.t0) * 1000, 1),
+            "why": "the new server never listened: it tried to bind between the old server "
+            "letting go of the port and the failure being seen",
+        }
+        self.timeline.mark("bind_attempt", "the old server had let go of the port", t=before.t)
+        return before, after
 
     def takeover_time(self) -> float | None:
         """When a process that did not hold the listener at the start first held it."""

@@ -10,7 +10,9 @@ A verdict proves each link of its claim, in order, or says which link is missing
     socket-activation  the same listener throughout, passed to another server process;
     reload             the same listener and process, and a new generation in the server's log.
 (b) for stop-start: TIME_WAIT from this run's own sessions was on the server's port at the bind
-    (seen just before it and just after it). Without it any restart binds: the run is invalid.
+    (seen just before it and just after it; for a new server that never listened, seen from the
+    outside, at both ends of its bind attempt's window: from the old server letting go of the
+    port to the failure being seen). Without it any restart binds: the run is invalid.
 (c) the outcome the strategy promises: with SO_REUSEADDR the new server bound and echoed,
     without it EADDRINUSE (a status, never only a sentence); the zero-downtime strategies refuse
     no connection.
@@ -99,6 +101,12 @@ def time_wait_link(r: Result) -> tuple[bool, str]:
             if (r.time_wait_before)
             else ""
         )
+        if "bind_attempt" in r.details:  # a new server that never listened, seen from outside
+            return True, (
+                f"{at} TIME_WAIT socket(s) from this run's sessions on the server's port at the "
+                f"bind attempt ({r.time_wait_before_bind} once the old server had let go of the "
+                f"port, {r.time_wait_after_bind} when the failure was seen)" + older
+            )
         return True, (
             f"{at} TIME_WAIT socket(s) from this run's sessions on the server's port at the bind "
             f"({r.time_wait_before_bind} just before it, {r.time_wait_after_bind} just after)"
@@ -128,7 +136,6 @@ def time_wait_link(r: Result) -> tuple[bool, str]:
 
 def outcome_link(r: Result) -> tuple[bool, str]:
     """(c): did the strategy deliver what it promises."""
-    p = r.probes
     if r.strategy == "stop-start" and not r.reuseaddr:
         if r.rebind == "EADDRINUSE":
             return True, f"the restart without SO_REUSEADDR got EADDRINUSE ({r.rebind_evidence})"
@@ -145,8 +152,13 @@ def outcome_link(r: Result) -> tuple[bool, str]:
             return False, f"bound after {r.rebind_ms or 0:.0f} ms, over --rebind-limit {limit:g} ms"
         took = f" {r.rebind_ms:.0f} ms after the old server was gone" if r.rebind_ms else ""
         return True, f"the new server bound{took} and echoed"
-    # The zero-downtime strategies promise that nobody is turned away: no connect refused,
-    # none reset, every probe and every queued client echoed.
+    return zero_downtime_outcome(r)
+
+
+def zero_downtime_outcome(r: Result) -> tuple[bool, str]:
+    """(c) for reuseport, socket activation and reload, which promise that nobody is turned
+    away: no connect refused, none reset, every probe and every queued client echoed."""
+    p = r.probes
     if p.refused:
         return False, f"{p.refused} of {p.attempts} probe connects refused during the restart"
     lost = p.reset + p.echo_failed + p.timeout + p.other

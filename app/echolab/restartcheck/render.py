@@ -37,8 +37,13 @@ def _time_wait(r: Result) -> str:
         if not r.sockets_visible:
             return "cannot be read here"
         return f"{r.time_wait_from_clients or 0} from these clients (no bind to face them)"
-    text = f"{r.time_wait_at_restart} at the bind"
-    text += f" ({r.time_wait_before_bind} just before, {r.time_wait_after_bind} just after)"
+    if "bind_attempt" in r.details:
+        text = f"{r.time_wait_at_restart} at the bind attempt"
+        text += f" ({r.time_wait_before_bind} once the old server let go of the port,"
+        text += f" {r.time_wait_after_bind} when the failure was seen)"
+    else:
+        text = f"{r.time_wait_at_restart} at the bind"
+        text += f" ({r.time_wait_before_bind} just before, {r.time_wait_after_bind} just after)"
     if r.time_wait_before:
         text += f"; {r.time_wait_before} older"
     return text + f"; {r.client_side_time_wait or 0} on the clients' ports"

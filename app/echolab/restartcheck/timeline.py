@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -27,6 +28,7 @@ PROBE_PAYLOAD = b"echolab restart-check probe\n"
 # States counted per sample; NEW_SYN_RECV (a request socket) is counted as SYN_RECV.
 COUNTED = ("LISTEN", "ESTABLISHED", "TIME_WAIT", "SYN_RECV")
 OUTCOMES = ("ok", "refused", "reset", "timeout", "echo_failed", "other")
+LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Sample:
     accept_queue: int  # connections waiting in the listeners' accept queues
     ours: frozenset[tuple[str, int]]  # TIME_WAIT facing the held clients' (address, port)
     label: str = ""  # set for a reading the engine asked for at a given moment
+    began: float = 0.0  # when the reading began (`t` is when it ended: /proc takes a while)
 
 
 @dataclass
@@ -135,8 +138,11 @@ class Sampler(threading.Thread):
         self._last_listeners: tuple[int, ...] = ()
 
     def read(self, label: str = "") -> Sample:
+        began = time.monotonic()
         sockets = read_sockets(self.port, "local", addr=self.addr)
-        return self._summarise(time.monotonic(), sockets, label)
+        sample = self._summarise(time.monotonic(), sockets, label)
+        sample.began = began
+        return sample
 
     def _summarise(self, t: float, sockets: list[TcpSocket], label: str) -> Sample:
         counts: Counter[str] = Counter()
@@ -300,7 +306,11 @@ class Prober(threading.Thread):
         probe.outcome = outcome
         self._sel.unregister(sock)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00" * 2)
+            # struct linger {l_onoff = 1, l_linger = 0}: close() resets. (Linger 1 s would
+            # close in order, FIN first: TIME_WAIT on the probe's side, or on the server's
+            # port when the server closed at the same moment, blocking a bind without
+            # SO_REUSEADDR that this run's sessions did not block.)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
         except OSError:
             pass
         sock.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import time
 from typing import Any
 
 from conftest import unit_properties
@@ -122,6 +123,8 @@ def test_unit_runs_only_its_own_commands(host: Any, server: dict[str, Any]) -> N
     assert f"path={server['bin']} " in props["ExecStart"]
     assert props["ExecStartPost"].count("path=") == 1
     assert f"path={server['install_dir']}/wait-ready " in props["ExecStartPost"]
+    reload = unit_properties(host, server["unit"], "ExecReload")["ExecReload"]
+    assert reload.count("path=") == 1 and "argv[]=/bin/kill -HUP $MAINPID " in reload, reload
 
 
 def test_exposure_is_at_most_two(host: Any, server: dict[str, Any], as_root: Any) -> None:
@@ -172,3 +175,31 @@ def test_echo_round_trip(host: Any, server: dict[str, Any]) -> None:
     result = host.run(shlex.join(argv))
     assert result.rc == 0, result.stderr
     assert "echoed intact" in result.stdout
+
+
+def test_systemctl_reload_reloads_in_place(host: Any, server: dict[str, Any], as_root: Any) -> None:
+    """`systemctl reload` (ExecReload: SIGHUP to the main process): the same process, a new
+    generation in the journal, and the service still echoes."""
+    unit = shlex.quote(server["unit"])
+    before = main_pid(host, server)
+    invocation = unit_properties(host, server["unit"], "InvocationID")["InvocationID"]
+    journal = f"journalctl --no-pager --output cat _SYSTEMD_INVOCATION_ID={invocation}"
+
+    def generations() -> list[int]:
+        with as_root():
+            out = host.check_output(journal)
+        return [int(n) for n in re.findall(r"reloaded: generation (\d+),", out)]
+
+    seen = max(generations(), default=1)
+    with as_root():
+        host.run_expect([0], f"systemctl reload -- {unit}")
+    deadline = time.monotonic() + 30
+    while seen + 1 not in generations():
+        assert time.monotonic() < deadline, f"no 'reloaded: generation {seen + 1}' in the journal"
+        time.sleep(0.2)
+    assert main_pid(host, server) == before, "a reload must not start another process"
+    props = unit_properties(host, server["unit"], "ActiveState", "InvocationID")
+    assert props == {"ActiveState": "active", "InvocationID": invocation}
+    argv = [server["bin"], "probe", "--target", server["probe_target"]]
+    result = host.run(shlex.join(argv))
+    assert result.rc == 0 and "echoed intact" in result.stdout, result.stdout + result.stderr

@@ -15,9 +15,11 @@ unit=$1
 if systemctl restart -- "$unit"; then
   exit 0
 fi
-journalctl --unit "$unit" --lines 20 --output cat --no-pager
+# The failed main process's status first: Restart=on-failure starts another one after
+# RestartSec, and its status would replace this one's.
 code=$(systemctl show --property ExecMainCode --value -- "$unit")
 status=$(systemctl show --property ExecMainStatus --value -- "$unit")
+journalctl --unit "$unit" --lines 20 --output cat --no-pager
 # ExecMainCode 1 is CLD_EXITED: the main process exited by itself with ExecMainStatus.
 if [ "$code" = 1 ] && [ -n "$status" ] && [ "$status" != 0 ]; then
   exit "$status"
