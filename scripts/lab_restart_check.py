@@ -22,7 +22,8 @@ reload (`make lab-reload`)
     refused (the loadgen's figures), healthy after.
 
 Exit status: restart-check's (0 pass, 1 fail, 3 invalid run); 1 when a Docker-specific link is
-missing; 2 for bad usage. Standard library only (matplotlib from the venv for --plot).
+missing; 2 for bad usage. Run by make with the venv's Python (--plot draws with echolab's
+plot module and the venv's matplotlib, `make venv`).
 """
 
 from __future__ import annotations
@@ -394,6 +395,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", dest="json_file", help="write the result as JSON to this file")
     p.add_argument("--plot", help="check, compare: draw the timeline (.svg or .png; matplotlib)")
     args, engine_args = p.parse_known_args(argv)
+    if args.plot and args.experiment == "reload":
+        p.error("--plot is for check and compare")
+    if args.plot:  # before the run, not after it: a known format, matplotlib installed
+        from echolab.errors import EcholabError
+        from echolab.restartcheck.plot import check_plot
+
+        try:
+            check_plot(args.plot)
+        except EcholabError as exc:
+            hint = " (make venv)" if "matplotlib" in str(exc) else ""
+            err(f"lab-{args.experiment}: {exc}{hint}")
+            return EXIT_USAGE
     lab = Lab(args.compose, args.docker, args.port)
     try:
         if args.experiment == "check":
@@ -406,9 +419,6 @@ def main(argv: list[str] | None = None) -> int:
     except LabError as exc:
         err(f"lab-{args.experiment}: {exc}")
         return EXIT_FAILED
-    except ImportError as exc:
-        err(f"lab-{args.experiment}: --plot needs matplotlib ({exc}): make venv")
-        return EXIT_USAGE
 
 
 if __name__ == "__main__":
