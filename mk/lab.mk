@@ -24,9 +24,14 @@ LOAD_SCALE ?= 1
 ECHOLAB_LOAD_MODE ?= rate
 ECHOLAB_LOAD_CLIENTS ?= 64
 ECHOLAB_LOAD_DURATION ?= 10s
-# `make lab-restart-check`: clients held open across the restart; a JSON result file (optional).
+# `make lab-restart-check`, `lab-compare`, `lab-reload`: clients held open across the restart;
+# the result as JSON (the control's beside it, FILE-control.json), the timeline as a picture
+# (.svg or .png: the venv's matplotlib, `make venv`), more restart-check options
+# (LAB_ARGS='--close-first client').
 ECHOLAB_CHECK_CLIENTS ?= 8
 LAB_JSON ?=
+LAB_PLOT ?=
+LAB_ARGS ?=
 LAB_WAIT ?= 90
 LAB_LOGS_ARGS ?= --tail=100
 # The lab's knobs go to Compose on its command line only: ECHOLAB_PORT exported to every recipe
@@ -43,7 +48,7 @@ LAB_IMAGES := echolab/server echolab/loadgen
 TEST_LAB_COMPOSE ?= $(COMPOSE)|$(PROJECT_COMPOSE)|docker-compose
 
 .PHONY: docker-check compose-check base-image images lab-images-present lab-up lab-wait-healthy lab-load \
-	lab-restart-check lab-sockets lab-logs lab-ps lab-down lab-clean test-lab
+	lab-restart-check lab-compare lab-reload lab-sockets lab-logs lab-ps lab-down lab-clean test-lab
 
 # Every lab target depends on these: a clear message and a non-zero exit without an engine.
 docker-check:
@@ -93,6 +98,8 @@ lab-up: docker-check images compose-check ## Build what is missing, start the se
 	@echo "  make lab-load                      load it: 64 clients, 10 s, every byte verified"
 	@echo "  make lab-load LOAD_SCALE=3 ECHOLAB_LOAD_MODE=hold   three loadgen containers holding idle clients"
 	@echo "  make lab-restart-check             restart the server under TIME_WAIT and prove it rebinds"
+	@echo "  make lab-compare                   every restart strategy, one table"
+	@echo "  make lab-reload                    SIGHUP: the same process takes new code, nobody refused"
 	@echo "  make lab-sockets                   the TCP sockets on the echo port, inside the lab"
 	@echo "  make lab-logs | lab-ps | lab-down"
 	@echo "  .venv/bin/echolab probe --target 127.0.0.1:$(ECHOLAB_HOST_PORT)   from the host"
@@ -124,12 +131,22 @@ lab-load: lab-images-present ## Run LOAD_SCALE loadgen containers (ECHOLAB_LOAD_
 	  echo "lab-load: $${1#/} exited $$2"; [ "$$2" = 0 ] || failed=1; \
 	done; exit $$failed
 
-lab-restart-check: lab-images-present ## Stop+start the server with clients connected; prove TIME_WAIT lingered and it rebound
-	@$(PYTHON) scripts/lab_restart_check.py --compose "$(LAB_COMPOSE)" --port $(ECHOLAB_PORT) \
-	  --clients $(ECHOLAB_CHECK_CLIENTS) $(if $(LAB_JSON),--json $(LAB_JSON))
-	@echo; echo "lab: the same lesson measured by 'echolab restart-check' (local mode, own loopback), both ways:"
-	@$(LAB_ALL) run --rm restart-check
-	@$(LAB_ALL) run --rm restart-check --no-reuseaddr
+# The lab's experiments: scripts/lab_restart_check.py runs compose.yaml's restart-check service
+# (echolab restart-check, inside the lab's network namespace) and does Docker's part.
+LAB_EXPERIMENT = $(PY) scripts/lab_restart_check.py --compose "$(LAB_COMPOSE)" --port $(ECHOLAB_PORT) \
+	--clients $(ECHOLAB_CHECK_CLIENTS)
+
+lab-restart-check: lab-images-present venv-lab ## Stop+start the server with clients held, judged by restart-check in the lab's namespace; then the control without SO_REUSEADDR
+	@$(LAB_EXPERIMENT) check $(if $(LAB_JSON),--json $(LAB_JSON)) $(if $(LAB_PLOT),--plot $(LAB_PLOT)) $(LAB_ARGS)
+	@echo; echo "lab: the control: the same restart with a server without SO_REUSEADDR (expected: EADDRINUSE)"
+	@$(LAB_EXPERIMENT) check --no-reuseaddr $(if $(LAB_JSON),--json $(LAB_JSON:.json=)-control.json) \
+	  $(if $(LAB_PLOT),--plot $(basename $(LAB_PLOT))-control$(suffix $(LAB_PLOT))) $(LAB_ARGS)
+
+lab-compare: lab-images-present venv-lab ## restart-check --compare inside the lab's namespace: every strategy available there, one table
+	@$(LAB_EXPERIMENT) compare $(if $(LAB_JSON),--json $(LAB_JSON)) $(if $(LAB_PLOT),--plot $(LAB_PLOT)) $(LAB_ARGS)
+
+lab-reload: lab-images-present venv-lab ## SIGHUP the lab's server under load: same container, PID and listener, new generation, nobody refused
+	@$(LAB_EXPERIMENT) reload $(if $(LAB_JSON),--json $(LAB_JSON))
 
 lab-sockets: compose-check ## The TCP sockets on the echo port, read inside the lab's network namespace
 	@$(LAB_COMPOSE) exec -T netns echolab sockets --port $(ECHOLAB_PORT)

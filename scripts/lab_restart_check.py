@@ -1,42 +1,75 @@
 #!/usr/bin/env python3
-"""Restart the lab's server under TIME_WAIT and prove that it rebinds (`make lab-restart-check`).
+"""The lab's restart experiments, judged by `echolab restart-check` inside the lab's namespace.
 
 The lab's server shares the network namespace of the `netns` holder container, so stopping and
 starting it keeps the namespace and the TIME_WAIT sockets in it (a `docker restart` of a
-container with its own network would wipe them and prove nothing). The check, step by step:
+container with its own network would wipe them and prove nothing). This script holds only what
+is Docker's; the experiment and the verdict are restart-check's:
 
-1. `hold` clients (compose.yaml's `hold` service, in the loadgen image) connect and wait;
-2. the server is stopped with them connected: it ends their sessions from the server side, so
-   TIME_WAIT lands on the server's port; the sockets are read inside the namespace;
-3. control: a second server with SO_REUSEADDR off tries the port and must fail (EADDRINUSE);
-4. the real server is started again; its `listening on` line proves the bind; the sockets are
-   read again, and the TIME_WAIT sockets seen both before the start and after the bind (same
-   addresses and ports) are the ones that lingered at the moment the new server bound (only
-   those of the sessions this stop ended count: TIME_WAIT of an earlier run is left out);
-5. the namespace's holder (its process, which keeps the namespace alive) is the same before and
-   after, and the server's network mode is still `container:<holder>`.
+check (`make lab-restart-check`)
+    runs compose.yaml's `restart-check` service (`echolab restart-check` in managed mode, in
+    the lab's network namespace: it holds the clients, samples the port and probes it) with a
+    restart command that asks this script, through a directory both see, to restart the
+    server: `compose stop server`, then `compose start server` (or, with --no-reuseaddr, a
+    one-off server with SO_REUSEADDR off, whose exit status 6 is EADDRINUSE). Around it: the
+    server runs in the holder's namespace (network mode `container:<holder>`), the holder is
+    the same process before and after, and the lab is healthy again at the end.
+compare (`make lab-compare`)
+    `echolab restart-check --compare` in the lab's namespace: every strategy available there.
+reload (`make lab-reload`)
+    SIGHUP to the lab's server (`compose kill -s HUP server`) while a loadgen container loads
+    it: the same container, PID and listener after, a new generation in its log, nobody
+    refused (the loadgen's figures), healthy after.
 
-Exit 0 when the server rebound with TIME_WAIT present, 1 when it did not, 3 when the run proved
-nothing (no server-side TIME_WAIT at the restart). Standard library only; runs on the host.
+Exit status: restart-check's (0 pass, 1 fail, 3 invalid run); 1 when a Docker-specific link is
+missing; 2 for bad usage. Run by make with the venv's Python (--plot draws with echolab's
+plot module and the venv's matplotlib, `make venv`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
-from datetime import datetime
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# The restart command restart-check runs inside its container: ask for the restart by a file in
+# the shared directory, wait for the status file this script writes when it is done, print the
+# Compose output and exit with the status (6: the server without SO_REUSEADDR hit EADDRINUSE).
+RESTART_CMD = (
+    "echo restart > /lab/request.tmp && mv /lab/request.tmp /lab/request; "
+    'while [ ! -e /lab/status ]; do sleep 0.02; done; cat /lab/output; exit "$(cat /lab/status)"'
+)
+RESTART_TIMEOUT = 60.0  # s for the restart command (the server's grace is 5 s)
+# The server's reload line names the reload and its generation (text or JSON log format).
+GENERATION = re.compile(r"generation\D{0,3}(\d+)", re.IGNORECASE)
+
+
+def say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+class LabError(Exception):
+    """A Docker-specific step failed: one line, exit 1."""
 
 
 class Lab:
-    """The Compose command line and the few Docker calls the check needs."""
+    """The Compose command line and the few Docker calls the lab's experiments need."""
 
     def __init__(self, compose: str, docker: str, port: int) -> None:
         self.compose = shlex.split(compose)
@@ -46,23 +79,31 @@ class Lab:
     def run(
         self, *args: str, check: bool = True, timeout: float = 120.0
     ) -> subprocess.CompletedProcess[str]:
-        """Run a Compose subcommand; raise SystemExit with its output when `check` and it fails."""
+        """A Compose subcommand, its output captured; LabError when `check` and it fails."""
         proc = subprocess.run(
             [*self.compose, *args], capture_output=True, text=True, timeout=timeout, check=False
         )
         if check and proc.returncode != 0:
-            fail(f"`{' '.join(args)}` exited {proc.returncode}: {proc.stderr.strip()[-800:]}")
+            raise LabError(f"`{' '.join(args)}` exited {proc.returncode}: "
+                           f"{proc.stderr.strip()[-600:]}")  # fmt: skip
         return proc
 
     def container(self, service: str) -> str:
-        """The id of the service's (single) container, or ''."""
+        """The id of the service's (single) running container, or ''."""
         return self.run("ps", "-q", service).stdout.strip()
 
-    def inspect(self, cid: str, fmt: str) -> str:
+    def inspect(self, ref: str, fmt: str) -> str:
         proc = subprocess.run(
-            [self.docker, "inspect", "-f", fmt, cid], capture_output=True, text=True, check=False
+            [self.docker, "inspect", "-f", fmt, ref], capture_output=True, text=True, check=False
         )
         return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    def up(self, timeout: float) -> str:
+        """The server running and healthy (started when it is not): its container id."""
+        self.run("up", "-d", "server", timeout=timeout + 60)
+        server = self.container("server")
+        self.wait_healthy(server, timeout)
+        return server
 
     def wait_healthy(self, cid: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -71,243 +112,313 @@ class Lab:
             if status == "healthy":
                 return
             if time.monotonic() > deadline or status in ("", "unhealthy"):
-                fail(f"the server is not healthy ({status or 'gone'}); try `make lab-up`")
+                raise LabError(f"the server is not healthy ({status or 'gone'}): see make lab-logs")
             time.sleep(0.5)
 
+    def holder(self, server: str) -> dict[str, str]:
+        """Who holds the server's network namespace, and how the server joins it.
+
+        A namespace lives as long as a process in it, so the same holder process (host PID and
+        start time) before and after the restart means the same namespace. (Its nsfs inode
+        number alone proves nothing: a freed number is handed to the next namespace at once.)
+        """
+        holder = self.container("netns")
+        mode = self.inspect(server, "{{.HostConfig.NetworkMode}}")
+        return {
+            "network_mode": "container:netns" if mode == f"container:{holder}" else mode,
+            "holder": self.inspect(holder, "{{.Name}} pid {{.State.Pid}} up since "
+                                           "{{.State.StartedAt}}").lstrip("/"),
+        }  # fmt: skip
+
     def sockets(self) -> dict[str, Any]:
-        """`echolab sockets --json -`, run inside the lab's network namespace (the holder)."""
+        """`echolab sockets --json -` inside the lab's network namespace (in the holder)."""
         proc = self.run(
             "exec", "-T", "netns", "echolab", "sockets", "--port", str(self.port), "--json", "-"
         )
         report: dict[str, Any] = json.loads(proc.stdout)
         return report
 
-    def netns_holder(self, server: str) -> str:
-        """Who holds the server's network namespace: the holder's id, host PID and start time.
-
-        A namespace lives as long as a process in it, so the same holder process before and
-        after the restart means the same namespace. (Its nsfs inode number alone proves
-        nothing: a freed number is handed to the next new namespace at once.)
-        """
-        holder = self.container("netns")
-        if self.inspect(server, "{{.HostConfig.NetworkMode}}") != f"container:{holder}":
-            fail("the server does not share the netns holder's network namespace")
-        return self.inspect(holder, "{{.Name}} pid {{.State.Pid}} up since {{.State.StartedAt}}")
-
-    def logs_since(self, cid: str, since: float) -> list[str]:
-        """The container's log lines since `since` (epoch s), each after Docker's timestamp."""
-        proc = subprocess.run(
-            [self.docker, "logs", "--timestamps", "--since", f"{since:.3f}", cid],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return (proc.stdout + proc.stderr).splitlines()
-
-
-def docker_time(text: str) -> datetime:
-    """Docker's RFC 3339 timestamps (nanoseconds, Z) as an aware datetime."""
-    head, _, frac = text.rstrip("Z").partition(".")
-    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
-
-
-def fail(message: str) -> None:
-    sys.stderr.write(f"lab-restart-check: {message}\n")
-    raise SystemExit(EXIT_FAILED)
-
-
-def server_time_wait(report: dict[str, Any]) -> set[tuple[str, str]]:
-    """The server-side TIME_WAIT sockets of a sockets report, as (local, remote) pairs."""
-    return {
-        (s["local"], s["remote"])
-        for s in report["sockets"]
-        if s["side"] == "server" and s["state"] == "TIME_WAIT"
-    }
-
-
-def wait_established(lab: Lab, clients: int, timeout: float) -> dict[str, Any]:
-    """Wait until the server side of the port has `clients` ESTABLISHED sessions."""
-    deadline = time.monotonic() + timeout
-    while True:
-        report = lab.sockets()
-        if report["server_side"].get("ESTABLISHED", 0) >= clients:
-            return report
-        if time.monotonic() > deadline:
-            fail(
-                f"only {report['server_side'].get('ESTABLISHED', 0)} of {clients} hold clients "
-                f"connected after {timeout:g} s"
-            )
-        time.sleep(0.3)
-
-
-def control_without_reuseaddr(lab: Lab, timeout: float) -> tuple[str, str]:
-    """Try the port with SO_REUSEADDR off while only TIME_WAIT holds it: (outcome, its line)."""
-    name = f"{os.environ.get('COMPOSE_PROJECT_NAME', 'echolab')}_control_noreuse"
-    try:
-        proc = lab.run(
-            "run", "--rm", "--no-deps", "-T", "--name", name,
-            "-e", "ECHOLAB_NO_REUSEADDR=1", "server",
-            check=False, timeout=timeout,
+    def engine(self, args: list[str], channel: Path) -> subprocess.Popen[bytes]:
+        """compose.yaml's `restart-check` service with these arguments, the channel at /lab;
+        its output goes to ours."""
+        return subprocess.Popen(
+            [*self.compose, "--profile", "check", "run", "--rm", "--no-deps", "-T",
+             "-v", f"{channel}:/lab",
+             "restart-check", *args],
+            stdin=subprocess.DEVNULL, stdout=sys.stdout, stderr=sys.stderr,
         )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        subprocess.run([lab.docker, "rm", "-f", name], capture_output=True, check=False)
-        return "bound", "the server without SO_REUSEADDR bound and kept running"
-    out = (proc.stdout + proc.stderr).strip().splitlines()
-    line = next((x for x in out if "in use" in x), out[-1] if out else "")
-    if proc.returncode == 6:  # echolab serve: EXIT_ADDR_IN_USE
-        return "EADDRINUSE", line.strip()
-    return f"exit {proc.returncode}", line.strip()
+
+
+@contextlib.contextmanager
+def channel_dir() -> Iterator[Path]:
+    """A directory shared with the container, which runs as its image's user (10001, never
+    root: as root restart-check would try to make namespaces of its own): writable by it."""
+    with tempfile.TemporaryDirectory(prefix="echolab-lab-") as tmp:
+        os.chmod(tmp, 0o777)  # noqa: S103  a fresh private name, for the length of one run
+        yield Path(tmp)
+
+
+def restart_server(lab: Lab, reuseaddr: bool) -> tuple[int, str]:
+    """Stop the server and start it again (or try a server without SO_REUSEADDR in its place):
+    the status and output the restart command hands to restart-check."""
+    stop = lab.run("stop", "-t", "30", "server", check=False, timeout=RESTART_TIMEOUT)
+    if stop.returncode != 0:
+        return stop.returncode, stop.stderr
+    if reuseaddr:
+        start = lab.run("start", "server", check=False)
+        return start.returncode, start.stderr
+    control = lab.run(
+        "run", "--rm", "--no-deps", "-T", "-e", "ECHOLAB_NO_REUSEADDR=1", "server",
+        check=False, timeout=RESTART_TIMEOUT,
+    )  # fmt: skip
+    return control.returncode, (control.stdout + control.stderr)
+
+
+def serve_restart(lab: Lab, engine: subprocess.Popen[bytes], channel: Path,
+                  reuseaddr: bool) -> bool:  # fmt: skip
+    """Wait for the engine's restart request and perform it; False when none came."""
+    request = channel / "request"
+    while engine.poll() is None:
+        if request.exists():
+            status, output = restart_server(lab, reuseaddr)
+            (channel / "output").write_text(output[-2000:])
+            (channel / "status.tmp").write_text(f"{status}\n")
+            (channel / "status.tmp").rename(channel / "status")
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def check(lab: Lab, args: argparse.Namespace, engine_args: list[str]) -> int:
+    server = lab.up(args.timeout)
+    before = lab.holder(server)
+    if before["network_mode"] != "container:netns":
+        raise LabError(f"the server's network mode is {before['network_mode']}, "
+                       "not the netns holder's namespace")  # fmt: skip
+    with channel_dir() as channel:
+        argv = [
+            "--target", f"127.0.0.1:{lab.port}", "--restart-cmd", RESTART_CMD,
+            "--clients", str(args.clients), "--timeout", f"{RESTART_TIMEOUT:g}",
+            "--json", "/lab/result.json", *(["--no-reuseaddr"] if args.no_reuseaddr else []),
+            *engine_args,
+        ]  # fmt: skip
+        engine = lab.engine(argv, channel)
+        try:
+            restarted = serve_restart(lab, engine, channel, not args.no_reuseaddr)
+            status = engine.wait(RESTART_TIMEOUT * 3)
+        finally:
+            if engine.poll() is None:
+                engine.terminate()
+                engine.wait(30)
+            # Leave the lab as it was found: its server up (the control left it stopped).
+            # (`ps -q` lists stopped containers too under Compose v1: ask the engine.)
+            if lab.inspect(server, "{{.State.Running}}") != "true":
+                lab.run("start", "server")
+        result_file = channel / "result.json"
+        if not result_file.exists():
+            raise LabError(f"restart-check exited {status} without a result")
+        result: dict[str, Any] = json.loads(result_file.read_text())
+    lab.wait_healthy(server, args.timeout)
+    after = lab.holder(server)
+    result["lab"] = {
+        "restart_requested": restarted,
+        "network_mode": after["network_mode"],
+        "netns_holder": before["holder"],
+        "netns_kept": before == after,
+        "server_container_kept": lab.container("server") == server,
+        "healthy_after": True,
+    }
+    lab_rows = [
+        ("network namespace", f"{'kept' if before == after else 'NOT KEPT'}: held by "
+                              f"{before['holder']}; the server joins it ({after['network_mode']})"),
+        ("after the run", "the server is up and healthy again"),
+    ]  # fmt: skip
+    say("lab (Docker's side of it)")
+    for key, value in lab_rows:
+        say(f"  {key.ljust(17)} {value}")
+    write_outputs(result, args)
+    if before != after:
+        err("lab: the network namespace was not kept")
+        return EXIT_FAILED
+    return status
+
+
+def write_outputs(result: dict[str, Any], args: argparse.Namespace) -> None:
+    if args.json_file:
+        Path(args.json_file).write_text(json.dumps(result, indent=2) + "\n")
+    if args.plot:
+        from echolab.restartcheck.plot import plot
+
+        plot([result], args.plot)
+
+
+def compare(lab: Lab, args: argparse.Namespace, engine_args: list[str]) -> int:
+    """restart-check --compare on a loopback port of its own inside the lab's namespace."""
+    lab.up(args.timeout)
+    with channel_dir() as channel:
+        argv = ["--compare", "--host", "127.0.0.1", "--clients", str(args.clients),
+                "--json", "/lab/result.json", *engine_args]  # fmt: skip
+        status = lab.engine(argv, channel).wait()
+        result_file = channel / "result.json"
+        if not result_file.exists():
+            raise LabError(f"restart-check --compare exited {status} without a result")
+        data: dict[str, Any] = json.loads(result_file.read_text())
+    if args.json_file:
+        Path(args.json_file).write_text(json.dumps(data, indent=2) + "\n")
+    if args.plot:
+        from echolab.restartcheck.plot import plot
+
+        plot(data["compare"], args.plot)
+    return status
+
+
+def generation(lab: Lab, server: str, since: str) -> int:
+    """The server's latest generation in its log since `since` (1: no reload line)."""
+    proc = subprocess.run(
+        [lab.docker, "logs", "--since", since, server], capture_output=True, text=True, check=False
+    )
+    lines = (proc.stdout + proc.stderr).splitlines()
+    found = [int(g) for line in lines if "reload" in line for g in GENERATION.findall(line)]
+    return max(found, default=1)
+
+
+def listeners(lab: Lab) -> list[int]:
+    return sorted(s["inode"] for s in lab.sockets()["sockets"] if s["state"] == "LISTEN")
+
+
+def reload(lab: Lab, args: argparse.Namespace) -> int:
+    """SIGHUP to the lab's server while a loadgen container loads it; the proof from state."""
+    server = lab.up(args.timeout)
+    started = lab.inspect(server, "{{.State.StartedAt}}")
+    facts_before = {
+        "container": server,
+        "pid": lab.inspect(server, "{{.State.Pid}}"),
+        "started_at": started,
+        "restart_count": lab.inspect(server, "{{.RestartCount}}"),
+        "listeners": listeners(lab),
+    }
+    gen_before = generation(lab, server, started)
+    with channel_dir() as channel:
+        load = subprocess.Popen(
+            [*lab.compose, "--profile", "load", "run", "--rm", "--no-deps", "-T",
+             "-v", f"{channel}:/lab",
+             "-e", f"ECHOLAB_DURATION={args.duration:g}s", "-e", "ECHOLAB_CLIENTS=16",
+             "-e", "ECHOLAB_MAX_ERROR_RATE=0", "-e", "ECHOLAB_NO_PROGRESS=1",
+             "-e", "ECHOLAB_JSON_FILE=/lab/load.json", "loadgen"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        # SIGHUP once the load runs: its first connections seen on the server's port.
+        deadline = time.monotonic() + args.timeout
+        while load.poll() is None and time.monotonic() < deadline:
+            seen = lab.sockets()["server_side"]
+            if seen.get("ESTABLISHED", 0) + seen.get("TIME_WAIT", 0):
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)
+        running_at_hup = load.poll() is None
+        lab.run("kill", "-s", "HUP", "server")
+        out, _ = load.communicate(timeout=args.duration + 120)
+        load_file = channel / "load.json"
+        figures: dict[str, Any] = json.loads(load_file.read_text()) if load_file.exists() else {}
+    lab.wait_healthy(server, args.timeout)
+    gen_after = generation(lab, server, started)
+    facts_after = {
+        "container": lab.container("server"),
+        "pid": lab.inspect(server, "{{.State.Pid}}"),
+        "started_at": lab.inspect(server, "{{.State.StartedAt}}"),
+        "restart_count": lab.inspect(server, "{{.RestartCount}}"),
+        "listeners": listeners(lab),
+    }
+    errors = figures.get("errors", {})
+    result = {
+        "strategy": "reload",
+        "generation_before": gen_before,
+        "generation_after": gen_after,
+        "same_container": facts_before["container"] == facts_after["container"],
+        "same_pid": facts_before["pid"] == facts_after["pid"],
+        "pid": facts_after["pid"],
+        "same_start": facts_before["started_at"] == facts_after["started_at"]
+        and facts_before["restart_count"] == facts_after["restart_count"],
+        "same_listener": facts_before["listeners"] == facts_after["listeners"],
+        "listeners": facts_after["listeners"],
+        "load_exit": load.returncode,
+        "connections_ok": figures.get("connections_ok"),
+        "errors_total": figures.get("errors_total"),
+        "errors": errors,
+        "refused": errors.get("refused", 0) if isinstance(errors, dict) else None,
+        "healthy_after": True,
+        "load_running_at_hup": running_at_hup,
+    }
+    links = [
+        ("same container", result["same_container"] and result["same_start"],
+         f"{server[:12]}, started {started}, not restarted"),
+        ("same PID", result["same_pid"], f"host PID {facts_after['pid']}"),
+        ("same listener", result["same_listener"] and bool(facts_after["listeners"]),
+         f"inode {', '.join(map(str, facts_after['listeners'])) or 'none'}"),
+        ("new generation", gen_after > gen_before,
+         f"generation {gen_before} -> {gen_after} (the server's reload line)"),
+        ("nobody refused", running_at_hup and load.returncode == 0
+         and result["errors_total"] == 0,
+         f"the loadgen ran across the SIGHUP and exited {load.returncode}: "
+         f"{result['connections_ok']} connections ok, {result['errors_total']} errors "
+         f"({', '.join(f'{k} {v}' for k, v in errors.items()) or 'no figures'})"),
+    ]  # fmt: skip
+    ok = all(passed for _, passed, _ in links)
+    result["verdict"] = "pass" if ok else "fail"
+    result["links"] = {name: {"ok": passed, "evidence": how} for name, passed, how in links}
+    say(out.rstrip())
+    say("\nlab reload (SIGHUP in place, under load)")
+    for name, passed, how in links:
+        say(f"  {name.ljust(15)} {'yes' if passed else 'NO '}  {how}")
+    say(f"  {'verdict'.ljust(15)} {result['verdict'].upper()}")
+    if args.json_file:
+        Path(args.json_file).write_text(json.dumps(result, indent=2) + "\n")
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--compose",
-        default="docker-compose -p echolab -f compose.yaml",
-        help="the Compose command line, with project and file",
-    )
+    p.add_argument("experiment", choices=("check", "compare", "reload"))
+    p.add_argument("--compose", default="docker-compose -p echolab -f compose.yaml",
+                   help="the Compose command line, with project and file")  # fmt: skip
     p.add_argument("--docker", default=os.environ.get("DOCKER", "docker"))
     p.add_argument("--port", type=int, default=7007, help="the server's port in the namespace")
-    p.add_argument("--clients", type=int, default=8, help="hold clients connected at the stop")
-    p.add_argument("--no-control", action="store_true", help="skip the SO_REUSEADDR-off control")
-    p.add_argument("--timeout", type=float, default=30.0, help="for each step")
-    p.add_argument("--json", dest="json_file", help="write the result as JSON ('-': stdout)")
-    args = p.parse_args(argv)
+    p.add_argument("--clients", type=int, default=8, help="clients held across the restart")
+    p.add_argument(
+        "--no-reuseaddr",
+        action="store_true",
+        help="check: the control, a server without SO_REUSEADDR (expect EADDRINUSE)",
+    )
+    p.add_argument("--duration", type=float, default=6.0, help="reload: seconds of load")
+    p.add_argument("--timeout", type=float, default=90.0, help="for the server to be healthy")
+    p.add_argument("--json", dest="json_file", help="write the result as JSON to this file")
+    p.add_argument("--plot", help="check, compare: draw the timeline (.svg or .png; matplotlib)")
+    args, engine_args = p.parse_known_args(argv)
+    if args.plot and args.experiment == "reload":
+        p.error("--plot is for check and compare")
+    if args.plot:  # before the run, not after it: a known format, matplotlib installed
+        from echolab.errors import EcholabError
+        from echolab.restartcheck.plot import check_plot
+
+        try:
+            check_plot(args.plot)
+        except EcholabError as exc:
+            hint = " (make venv)" if "matplotlib" in str(exc) else ""
+            err(f"lab-{args.experiment}: {exc}{hint}")
+            return EXIT_USAGE
     lab = Lab(args.compose, args.docker, args.port)
-    out = sys.stderr if args.json_file == "-" else sys.stdout
-
-    def say(text: str) -> None:
-        out.write(text + "\n")
-        out.flush()
-
-    lab.run("up", "-d", "server")
-    server = lab.container("server")
-    lab.wait_healthy(server, args.timeout)
-    netns_before = lab.netns_holder(server)
-    result: dict[str, Any] = {"port": args.port, "clients": args.clients, "reuseaddr": True}
     try:
-        say(f"1. connecting {args.clients} hold clients (the `hold` service, loadgen image)")
-        lab.run("--profile", "check", "up", "-d", "hold")
-        before = wait_established(lab, args.clients, args.timeout)
-        result["established_before_stop"] = before["server_side"].get("ESTABLISHED", 0)
-        # TIME_WAIT left by an earlier run (it lasts 60 s) is told apart from this stop's.
-        tw_earlier = server_time_wait(before)
-        result["time_wait_before_stop"] = len(tw_earlier)
-
-        say("2. stopping the server with them connected (SIGTERM, grace, FIN from the server)")
-        t0 = time.monotonic()
-        lab.run("stop", "-t", str(int(args.timeout)), "server", timeout=args.timeout + 30)
-        result["stop_s"] = round(time.monotonic() - t0, 2)
-        stopped = lab.sockets()
-        # Only this stop's TIME_WAIT counts: the sessions it ended, not an earlier run's.
-        tw_stopped = server_time_wait(stopped) - tw_earlier
-        result["listen_after_stop"] = stopped["server_side"].get("LISTEN", 0)
-        result["time_wait_after_stop"] = len(tw_stopped)
-        say(f"   server side now: {stopped['server_side'] or 'no sockets'}")
-
-        if args.no_control:
-            result["control_no_reuseaddr"] = "skipped"
-        else:
-            say("3. control: a server without SO_REUSEADDR tries the port")
-            outcome, line = control_without_reuseaddr(lab, args.timeout)
-            result["control_no_reuseaddr"] = outcome
-            result["control_line"] = line
-            say(f"   {outcome}: {line}")
-
-        say("4. starting the server again (same network namespace)")
-        t_start = time.time()
-        t1 = time.monotonic()
-        lab.run("start", "server")
-        listening = ""
-        while not listening:
-            lines = lab.logs_since(server, t_start - 1)
-            listening = next((x for x in lines if "listening on" in x), "")
-            state = lab.inspect(server, "{{.State.Status}}")
-            if not listening and (state != "running" or time.monotonic() - t1 > args.timeout):
-                error = next((x for x in lines if "in use" in x), lines[-1] if lines else state)
-                result["rebind"] = "failed"
-                result["rebind_error"] = error.strip()
-                break
-            time.sleep(0.02)
-        if listening:
-            stamp, _, line = listening.strip().partition(" ")
-            started = docker_time(lab.inspect(server, "{{.State.StartedAt}}"))
-            result["rebind"] = "ok"
-            # From the container's start to the server's `listening on` line (Docker's clock).
-            result["listening_after_ms"] = round(
-                (docker_time(stamp) - started).total_seconds() * 1000
-            )
-            result["start_cmd_ms"] = round((time.monotonic() - t1) * 1000)
-            result["listening_line"] = line
-        after = lab.sockets()
-        tw_after = server_time_wait(after)
-        lingered = tw_stopped & tw_after
-        result["listen_after_start"] = after["server_side"].get("LISTEN", 0)
-        result["time_wait_after_bind"] = len(tw_after)
-        result["time_wait_at_restart"] = len(lingered)
-        result["time_wait_left_s"] = sorted(
-            s["timer_s"]
-            for s in after["sockets"]
-            if s["side"] == "server" and (s["local"], s["remote"]) in lingered
-        )
-        netns_after = lab.netns_holder(server)
-        result["netns"] = netns_before
-        result["netns_kept"] = netns_before == netns_after
-    finally:
-        lab.run("--profile", "check", "rm", "-fsv", "hold", check=False)
-
-    if result["time_wait_at_restart"] < 1:
-        result["verdict"] = "INVALID"
-        why = (
-            "no server-side TIME_WAIT lingered at the restart: the clients closed first, or the "
-            "network namespace was not kept"
-        )
-        result["reason"] = why
-        code = EXIT_INVALID
-    elif (
-        result["rebind"] == "ok"
-        and result["listen_after_start"] >= 1
-        and result["netns_kept"]
-        and result["control_no_reuseaddr"] in ("EADDRINUSE", "skipped")
-    ):
-        result["verdict"] = "PASS"
-        code = EXIT_OK
-    else:
-        result["verdict"] = "FAIL"
-        code = EXIT_FAILED
-    if result["rebind"] == "ok":  # leave the lab as it was found: up and healthy
-        lab.wait_healthy(server, args.timeout)
-
-    left = result["time_wait_left_s"]
-    rows = [
-        ("network namespace", f"kept: {'yes' if result['netns_kept'] else 'NO'}, held by "
-                              f"{netns_before.lstrip('/')}"),
-        ("hold clients", f"{result['established_before_stop']} ESTABLISHED before the stop "
-                         f"(TIME_WAIT {result['time_wait_before_stop']} from earlier runs)"),
-        ("stop took", f"{result['stop_s']:.1f} s (server grace included)"),
-        ("after the stop", f"LISTEN {result['listen_after_stop']}, "
-                           f"TIME_WAIT {result['time_wait_after_stop']} on :{args.port}"),
-        ("control, no SO_REUSEADDR", result["control_no_reuseaddr"]),
-        ("rebind, SO_REUSEADDR", result["rebind"]
-         + (f", listening {result['listening_after_ms']} ms after the container started"
-            if listening else "")),
-        ("TIME_WAIT at the bind", f"{result['time_wait_at_restart']} (seen before the start and "
-                                  "still there after the bind"
-                                  + (f"; {left[0]:.1f}-{left[-1]:.1f} s left)" if left else ")")),
-        ("verdict", result["verdict"] + (f": {result['reason']}" if "reason" in result else "")),
-    ]  # fmt: skip
-    width = max(len(k) for k, _ in rows)
-    say("\nlab restart check")
-    for key, value in rows:
-        say(f"  {key.ljust(width)}  {value}")
-    if args.json_file:
-        text = json.dumps(result, indent=2) + "\n"
-        if args.json_file == "-":
-            sys.stdout.write(text)
-        else:
-            with open(args.json_file, "w", encoding="utf-8") as f:
-                f.write(text)
-    return code
+        if args.experiment == "check":
+            return check(lab, args, engine_args)
+        if engine_args and args.experiment == "reload":
+            p.error(f"unrecognized arguments: {' '.join(engine_args)}")
+        if args.experiment == "compare":
+            return compare(lab, args, engine_args)
+        return reload(lab, args)
+    except LabError as exc:
+        err(f"lab-{args.experiment}: {exc}")
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":
