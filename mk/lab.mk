@@ -24,6 +24,11 @@ LOAD_SCALE ?= 1
 ECHOLAB_LOAD_MODE ?= rate
 ECHOLAB_LOAD_CLIENTS ?= 64
 ECHOLAB_LOAD_DURATION ?= 10s
+# A rate profile: the open loop at this many starts a second (empty: closed loop), and latency
+# limits in ms that fail the run (empty: none), e.g. ECHOLAB_LOAD_RATE=500 ECHOLAB_LOAD_MAX_P99=50.
+ECHOLAB_LOAD_RATE ?=
+ECHOLAB_LOAD_MAX_P99 ?=
+ECHOLAB_LOAD_MAX_P999 ?=
 # `make lab-restart-check`, `lab-compare`, `lab-reload`: clients held open across the restart;
 # the result as JSON (the control's beside it, FILE-control.json), the timeline as a picture
 # (.svg or .png: the venv's matplotlib, `make venv`), more restart-check options
@@ -39,6 +44,8 @@ LAB_LOGS_ARGS ?= --tail=100
 LAB_COMPOSE = env BASE_IMAGE=$(BASE_IMAGE) ECHOLAB_VERSION=$(VERSION) ECHOLAB_PORT=$(ECHOLAB_PORT) \
 	ECHOLAB_HOST_PORT=$(ECHOLAB_HOST_PORT) ECHOLAB_LOAD_MODE=$(ECHOLAB_LOAD_MODE) \
 	ECHOLAB_LOAD_CLIENTS=$(ECHOLAB_LOAD_CLIENTS) ECHOLAB_LOAD_DURATION=$(ECHOLAB_LOAD_DURATION) \
+	ECHOLAB_LOAD_RATE=$(ECHOLAB_LOAD_RATE) ECHOLAB_LOAD_MAX_P99=$(ECHOLAB_LOAD_MAX_P99) \
+	ECHOLAB_LOAD_MAX_P999=$(ECHOLAB_LOAD_MAX_P999) \
 	ECHOLAB_CHECK_CLIENTS=$(ECHOLAB_CHECK_CLIENTS) $(COMPOSE) -p $(COMPOSE_PROJECT_NAME) -f compose.yaml
 # Every profile, so that `down` and `rm` reach the services outside the default set too.
 LAB_ALL = $(LAB_COMPOSE) --profile load --profile check
@@ -97,6 +104,7 @@ lab-up: docker-check images compose-check ## Build what is missing, start the se
 	@echo "Try next:"
 	@echo "  make lab-load                      load it: 64 clients, 10 s, every byte verified"
 	@echo "  make lab-load LOAD_SCALE=3 ECHOLAB_LOAD_MODE=hold   three loadgen containers holding idle clients"
+	@echo "  make lab-load ECHOLAB_LOAD_RATE=500 ECHOLAB_LOAD_MAX_P99=50   open loop: 500 connections/s, fail above p99 50 ms"
 	@echo "  make lab-restart-check             restart the server under TIME_WAIT and prove it rebinds"
 	@echo "  make lab-compare                   every restart strategy, one table"
 	@echo "  make lab-reload                    SIGHUP: the same process takes new code, nobody refused"
@@ -119,7 +127,7 @@ lab-wait-healthy:
 lab-images-present: compose-check
 	@$(DOCKER) image inspect $(foreach i,$(LAB_IMAGES),$(i):$(VERSION)) >/dev/null 2>&1 || $(MAKE) images
 
-lab-load: lab-images-present ## Run LOAD_SCALE loadgen containers (ECHOLAB_LOAD_MODE/CLIENTS/DURATION) and check each verdict
+lab-load: lab-images-present ## Run LOAD_SCALE loadgen containers (ECHOLAB_LOAD_MODE/CLIENTS/DURATION/RATE/MAX_P99) and check each verdict
 	@$(LAB_ALL) rm -fsv loadgen >/dev/null 2>&1 || true
 	@echo "lab: $(COMPOSE) -p $(COMPOSE_PROJECT_NAME) --profile load up --scale loadgen=$(LOAD_SCALE) loadgen"
 	@$(LAB_COMPOSE) --profile load up --no-color --scale loadgen=$(LOAD_SCALE) loadgen

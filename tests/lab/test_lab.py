@@ -374,6 +374,26 @@ def test_load_from_two_loadgen_containers_verifies_every_byte(up: Lab) -> None:
     )
 
 
+def test_a_rate_profile_runs_the_open_loop_and_its_latency_limit_can_fail_the_run(up: Lab) -> None:
+    profile = ("ECHOLAB_LOAD_RATE=100", "ECHOLAB_LOAD_DURATION=2s", "ECHOLAB_LOAD_CLIENTS=8")
+    out = ok(up.make("lab-load", *profile, timeout=300))
+    assert "open loop: 100 connections/s on a fixed schedule" in out, out[-3000:]
+    assert re.search(r"schedule\s+200 of 200 started", out), out[-3000:]
+    # The same profile under a p99.9 limit of 1 ms, the lowest it takes: the slowest of 200
+    # fork-per-connection round trips exceeds it, the loadgen fails the run and lab-load
+    # reports its container's exit status.
+    failed = up.make("lab-load", *profile, "ECHOLAB_LOAD_MAX_P999=1", timeout=300)
+    tail = failed.stdout[-3000:]
+    assert failed.returncode != 0, tail
+    assert re.search(r"lab-load: \S+ exited 1$", failed.stdout, re.MULTILINE), tail
+    assert re.search(r"max p99\.9\s+\S+ ms against 1 ms: EXCEEDED", failed.stdout), tail
+    same_under_every_compose(
+        up,
+        "lab-load with a rate profile",
+        {"passed": "result          PASS" in out, "limited": failed.returncode},
+    )
+
+
 def test_a_connection_flood_ends_at_the_pids_limit_and_the_server_survives(up: Lab) -> None:
     # The same mechanism as compose.yaml's pids_limit of 600 with 512 children, made small.
     cid = up.server()
