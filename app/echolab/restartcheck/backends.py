@@ -491,6 +491,11 @@ class CommandBackend:
                 f"the log command (--log-cmd) did not finish within {LOG_CMD_TIMEOUT:g} s",
                 EXIT_USAGE,
             ) from None
+        except BaseException:  # a signal (Interrupted) cut the wait short: leave nothing behind
+            stop_group(group, 1.0)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+            raise
         if proc.returncode:
             last = next((ln for ln in reversed(err.splitlines()) if ln.strip()), "no output")
             raise EcholabError(
