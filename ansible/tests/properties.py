@@ -133,11 +133,20 @@ def check_server(outcome: Outcome, defaults: dict[str, Any], reference: list[Any
     post = systemd_words(values["ExecStartPost"][0], command=True)
     assert post[:2] == [f"{install}/wait-ready", bin_] and len(post) == 4, post
     assert 1 <= int(post[3]) <= 3600
-    # The restart command restart-check runs through the shell: the static script and the unit.
+    # The restart command restart-check runs through the shell: the static script and the unit,
+    # or for a reload `systemctl reload` and the unit, with the journal's reader as its log.
     restart = outcome.rendered["__echo_server_restart_argv"]
     command = restart[restart.index("--restart-cmd") + 1]
     unit = f"{v['echo_server_service_name']}.service"
-    assert shlex.split(command) == [f"{install}/restart-service", unit], command
+    strategy = restart[restart.index("--strategy") + 1]
+    assert strategy == str(v["echo_server_verify_strategy"]), restart
+    if strategy == "reload":
+        assert shlex.split(command) == ["systemctl", "reload", "--", unit], command
+        log = restart[restart.index("--log-cmd") + 1]
+        assert shlex.split(log) == [f"{install}/service-log", unit], log
+    else:
+        assert shlex.split(command) == [f"{install}/restart-service", unit], command
+        assert "--log-cmd" not in restart, restart
     assert values["User"] == [str(v["echo_server_user"])]
     assert values["Group"] == [str(v["echo_server_group"])]
     assert values["PrivateUsers"] == ["yes" if as_bool(v["echo_server_private_users"]) else "no"]

@@ -35,6 +35,8 @@ SERVER_REFUSED: list[tuple[dict[str, Any], str]] = [
     ({"echo_server_verify_clients": 0}, "echo_server_verify_clients"),
     ({"echo_server_verify_max_rebind_ms": -1}, "echo_server_verify_max_rebind_ms"),
     ({"echo_server_verify_recover_timeout": 0}, "echo_server_verify_recover_timeout"),
+    ({"echo_server_verify_strategy": "restart"}, "echo_server_verify_strategy"),
+    ({"echo_server_verify_strategy": "socket-activation"}, "echo_server_verify_strategy"),
     ({"echo_server_host": "0.0.0.0" + INJECT}, "echo_server_host"),
     ({"echo_server_host": "0.0.0.0\r\nUser=root"}, "echo_server_host"),
     ({"echo_server_host": '0.0.0.0" "ECHOLAB_PORT=1'}, "echo_server_host"),
@@ -77,6 +79,14 @@ SERVER_ACCEPTED: list[dict[str, Any]] = [
     {"echo_server_reuseaddr": False, "echo_server_socket_activation": "off"},
     {"echo_server_service_name": "echolab-7100", "echo_server_install_dir": "/srv/echo_lab+1"},
     {"echo_server_user": "_echo-lab", "echo_server_group": "net_lab"},
+    {"echo_server_verify_strategy": "reload"},
+    {
+        "echo_server_verify_strategy": "reload",
+        "echo_server_reuseaddr": False,
+        "echo_server_service_name": "echolab-7100",
+        "echo_server_install_dir": "/srv/echo_lab+1",
+    },
+    {"echo_server_verify_strategy": "socket-activation", "echo_server_socket_activation": True},
 ]
 
 LOADGEN_REFUSED: list[tuple[dict[str, Any], str]] = [

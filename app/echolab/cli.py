@@ -143,6 +143,15 @@ def output_path(text: str) -> str | None:
     return text or None
 
 
+def shell_command(text: str) -> str:
+    """A command line for the shell: not blank, no NUL byte."""
+    if "\x00" in text:
+        raise argparse.ArgumentTypeError(f"a command cannot hold a NUL byte: {text!r}")
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty command")
+    return text
+
+
 def error_rate(text: str) -> float:
     """A fraction between 0 and 1."""
     try:
@@ -449,6 +458,13 @@ def _add_restart_check(sub: Any) -> None:
         help="managed mode: command that restarts a server run by something else",
     )
     p.option("--target", type=parse_hostport, help="managed mode: the server as HOST:PORT")
+    p.option(
+        "--log-cmd",
+        type=shell_command,
+        metavar="CMD",
+        help="managed mode, --strategy reload: command that prints the server's log (e.g. "
+        "journalctl --unit UNIT --output cat); the reload must show a new generation there",
+    )
     p.option("--timeout", type=timeout, default=10.0, help="how long the restart may take")
     _json_option(p, "write the result as JSON ('-': stdout)")
     _add_restart_strategies(p)

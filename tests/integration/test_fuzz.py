@@ -329,6 +329,8 @@ def test_restart_check_ends_well_whatever_its_input(world: World, data: st.DataO
     if data.draw(st.booleans()):  # managed mode: a restart command and its target, together
         table["--restart-cmd"] = (st.sampled_from(["true", "false", "sleep 0.1"]), st.just(""))
         table["--target"] = targets(world)
+        table["--log-cmd"] = (st.sampled_from(["true", "cat /dev/null"]), st.just(" "))
+        table["--strategy"] = choice("stop-start", "reload")
     chosen = data.draw(options(table))
     argv, env = command_line("restart-check", chosen)
     if not any(k.endswith(":--port") for k in chosen):

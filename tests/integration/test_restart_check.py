@@ -138,6 +138,18 @@ def test_port_taken_by_another_listener_is_one_line_exit_1() -> None:
         ["--target", "127.0.0.1:7"],
         ["--clients", "0"],
         ["--strategy", "reload", "--restart-cmd", "true", "--target", "127.0.0.1:7"],
+        ["--strategy", "reload", "--log-cmd", "true"],
+        ["--log-cmd", "true", "--restart-cmd", "true", "--target", "127.0.0.1:7"],
+        [
+            "--strategy",
+            "reload",
+            "--log-cmd",
+            " ",
+            "--restart-cmd",
+            "true",
+            "--target",
+            "127.0.0.1:7",
+        ],
         ["--strategy", "reuseport", "--no-reuseaddr"],
         ["--migrate-req", "on"],
         ["--compare", "--restart-cmd", "true", "--target", "127.0.0.1:7"],
@@ -508,6 +520,89 @@ def test_managed_mode_with_a_command_that_restarts_nothing_is_invalid(
     assert status == 3, data
     assert data["closed_by_server"] == 0
     assert "no restart observed" in data["reason"]
+
+
+@pytest.fixture(params=["text", "json"])
+def logging_server(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[int, int, Path]]:
+    """A server started outside restart-check whose log goes to a file, as a service's goes to
+    its journal: (port, PID, log file), in either log format."""
+    port, log = free_port(), tmp_path / "server.log"
+    argv = [sys.executable, "-m", "echolab", "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--grace", "0", "--log-level", "info", "--log-format", request.param]  # fmt: skip
+    with log.open("w") as out:
+        server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                  cwd=ROOT, start_new_session=True)  # fmt: skip
+    try:
+        wait_until(lambda: listening(port), 10, what=f"a server on port {port}")
+        yield port, server.pid, log
+        assert server.poll() is None, "the server did not survive the run"
+    finally:
+        kill_tree(server, signal.SIGTERM)
+        server.wait(10)
+
+
+def test_managed_reload_is_judged_by_the_log_the_pid_and_the_listener(
+    logging_server: tuple[int, int, Path],
+) -> None:
+    """--strategy reload from the outside (the role's `systemctl reload`): the restart command
+    sends SIGHUP, --log-cmd prints the server's log, where the new generation shows; the same
+    PID holds the same listener before and after, and nobody is turned away."""
+    port, pid, log = logging_server
+    reload_args = ["--strategy", "reload", "--restart-cmd", f"kill -HUP {pid}",
+                   "--log-cmd", f"cat {log}", "--target", f"127.0.0.1:{port}"]  # fmt: skip
+    status, data, _ = restart_check(*reload_args)
+    assert status == 0, data["reason"]
+    assert data["mode"] == "managed" and data["restart_cmd_status"] == 0
+    assert (data["generation_before"], data["generation_after"]) == (1, 2)
+    assert data["reload_pid"] == pid  # the reload line came from the server's own process
+    assert data["owners_before"] == data["owners_after"] == [pid]
+    assert data["server_pid_before"] == data["server_pid_after"] == pid
+    assert data["listeners_before"] == data["listeners_after"] != []
+    assert data["no_listener_ms"] == 0 and data["probes"]["refused"] == 0
+    assert data["probes"]["reset"] == 0 and data["sessions_survived"] == 5
+    assert data["rebind"] == "ok" and data["verdict"] == "pass"
+    assert "bound" in events(data)
+    assert f"generation 1 -> 2, same PID {pid}" in data["reason"]
+    assert re.search(r"reloaded: generation 2, \d+ children adopted", log.read_text())
+    # A second run starts from the generation the log shows now.
+    status, data, _ = restart_check(*reload_args)
+    assert status == 0, data["reason"]
+    assert (data["generation_before"], data["generation_after"]) == (2, 3)
+
+
+def test_managed_reload_whose_command_does_not_reload_is_invalid(
+    logging_server: tuple[int, int, Path],
+) -> None:
+    """The restart command exits 0 but reloads nothing: no new generation in the log, so no
+    reload was observed and the run proves nothing (exit 3), however well the server echoed."""
+    port, pid, log = logging_server
+    status, data, _ = restart_check("--strategy", "reload", "--restart-cmd", "true", "--log-cmd",
+                                    f"cat {log}", "--target", f"127.0.0.1:{port}",
+                                    "--timeout", "2")  # fmt: skip
+    assert status == 3, data["reason"]
+    assert data["verdict"] == "invalid" and data["links"]["restart"]["ok"] is False
+    assert (data["generation_before"], data["generation_after"]) == (1, 1)
+    assert data["owners_before"] == data["owners_after"] == [pid]  # the same process served on
+    assert data["probes"]["refused"] == 0 and data["echoed_after"] is True
+    assert "no new generation in the server's log" in data["reason"]
+    assert "no_reload" in events(data)
+    assert "reloaded" not in log.read_text()
+
+
+def test_managed_reload_with_a_failing_log_command_is_one_line_exit_2(
+    logging_server: tuple[int, int, Path],
+) -> None:
+    port, pid, _ = logging_server
+    proc = run_echolab("restart-check", "--strategy", "reload", "--restart-cmd",
+                       f"kill -HUP {pid}", "--log-cmd", "echo nope >&2; exit 4", "--target",
+                       f"127.0.0.1:{port}")  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "echolab restart-check: the log command (--log-cmd) exited 4: nope"
+    ]
 
 
 def test_a_restart_that_never_happened_is_not_certified(tmp_path: Path) -> None:

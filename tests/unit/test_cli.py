@@ -132,6 +132,7 @@ BAD_VALUES = [
     ("restart-check", "--clients", "0"),
     ("restart-check", "--close-first", "nobody"),
     ("restart-check", "--timeout", "25d"),
+    ("restart-check", "--log-cmd", "cat\x00x"),
     ("sockets", "--port", "0"),
 ]
 REQUIRED = {"load": ["--target", "127.0.0.1:7"], "sockets": ["--port", "1"]}
@@ -292,3 +293,18 @@ def test_an_empty_variable_for_an_option_with_a_default_is_still_checked(
         cli.build_parser().parse_args(["serve"])
     assert exc.value.code == 2
     assert "ECHOLAB_LOG_LEVEL=''" in capsys.readouterr().err
+
+
+def test_a_blank_log_command_is_an_error_and_a_blank_variable_leaves_it_unset(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = usage_error(capsys, ["restart-check", "--log-cmd", "  "])
+    assert line == (
+        "echolab restart-check: error: argument --log-cmd: an empty command "
+        "(see `echolab restart-check --help`)"
+    )
+    monkeypatch.setenv("ECHOLAB_LOG_CMD", "")  # Compose's unset `${VAR:-}`
+    assert cli.build_parser().parse_args(["restart-check"]).log_cmd is None
+    monkeypatch.setenv("ECHOLAB_LOG_CMD", "journalctl --unit echolab --output cat")
+    args = cli.build_parser().parse_args(["restart-check"])
+    assert args.log_cmd == "journalctl --unit echolab --output cat"

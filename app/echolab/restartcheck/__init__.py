@@ -111,10 +111,19 @@ def validate(args: argparse.Namespace) -> None:
         )
     if args.compare and managed:
         raise EcholabError("--compare starts its own servers: drop --restart-cmd", EXIT_USAGE)
-    if managed and args.strategy == "reload":
+    if args.log_cmd is not None and not managed:
         raise EcholabError(
-            "--strategy reload is judged by the server's generation in its log, which managed "
-            "mode cannot read: run it locally",
+            "--log-cmd is for managed mode: give --restart-cmd and --target too (a local "
+            "server's log is read directly)",
+            EXIT_USAGE,
+        )
+    if args.log_cmd is not None and args.strategy != "reload":
+        raise EcholabError("--log-cmd is for --strategy reload", EXIT_USAGE)
+    if managed and args.strategy == "reload" and args.log_cmd is None:
+        raise EcholabError(
+            "--strategy reload is judged by the server's new generation in its log: in managed "
+            "mode give --log-cmd CMD, which prints that log (e.g. journalctl --unit UNIT "
+            "--output cat)",
             EXIT_USAGE,
         )
     if args.no_reuseaddr and args.strategy != "stop-start" and not args.compare:
@@ -149,7 +158,7 @@ def make_plan(args: argparse.Namespace, strategy: str, reuseaddr: bool) -> Plan:
 
 def make_backend(args: argparse.Namespace, plan: Plan) -> Backend:
     if args.restart_cmd is not None:
-        return CommandBackend(plan, args.restart_cmd, args.target)
+        return CommandBackend(plan, args.restart_cmd, args.target, args.log_cmd)
     if plan.strategy == "socket-activation":
         return SocketActivationBackend(plan)
     return LocalBackend(plan)

@@ -4,7 +4,8 @@
 - SocketActivationBackend: `systemd-socket-activate` holds the listening socket and a shell loop
   under it starts one `echolab serve` after another on it (what systemd does with a .socket
   unit: the socket outlives each server);
-- CommandBackend: `--restart-cmd` restarts a server run by something else (managed mode).
+- CommandBackend: `--restart-cmd` restarts a server run by something else (managed mode); for
+  a reload, `--log-cmd` prints the server's log, where the new generation shows.
 
 Each records its moments in the timeline (stop, old_exited, bound, ...) and its machine-readable
 facts (exit statuses) in the Result; none of them judges. The Compose lab and systemd through
@@ -24,7 +25,13 @@ import sys
 import threading
 import time
 
-from echolab.errors import EXIT_ADDR_IN_USE, EXIT_FAILED, EXIT_PERMISSION, EcholabError
+from echolab.errors import (
+    EXIT_ADDR_IN_USE,
+    EXIT_FAILED,
+    EXIT_PERMISSION,
+    EXIT_USAGE,
+    EcholabError,
+)
 from echolab.netaddr import format_address
 from echolab.proctree import ProcessGroup, process_state, signal_process, start_time
 from echolab.ready import parse_ready
@@ -36,8 +43,29 @@ PID_IN_LINE = re.compile(r"echolab\[(\d+)\]")
 # serve's reload line names the reload and its generation, in either order: "... reload ...
 # generation 2 ..." (text) or "generation": 2 (json). The first generation is 1.
 GENERATION = re.compile(r"generation\D{0,3}(\d+)", re.IGNORECASE)
+# The PID in a log line: text (`echolab[PID]`) or json (`"pid": PID`).
+PID_OF_LINE = re.compile(r'echolab\[(\d+)\]|"pid"\s*:\s*(\d+)')
+LOG_POLL = 0.2  # s between two runs of --log-cmd while waiting for a reload's line
+LOG_CMD_TIMEOUT = 30.0  # s one run of --log-cmd may take
 STOP_WAIT = 10.0  # s for a process group to end after SIGTERM before SIGKILL
 OUTPUT_TAIL = 2000  # characters of a restart command's output kept in the result
+
+
+def reload_lines(lines: list[str]) -> list[tuple[int, int | None]]:
+    """(generation, PID or None) of each reload line of `echolab serve` in a log, in order."""
+    found: list[tuple[int, int | None]] = []
+    for line in lines:
+        generation = GENERATION.search(line) if "reload" in line.lower() else None
+        if generation is None:
+            continue
+        pid = PID_OF_LINE.search(line)
+        found.append((int(generation.group(1)), int(pid.group(1) or pid.group(2)) if pid else None))
+    return found
+
+
+def _only(pids: list[int]) -> int | None:
+    """The one PID of a list, None when there are none or several."""
+    return pids[0] if len(pids) == 1 else None
 
 
 def stop_group(group: ProcessGroup, grace: float) -> int:
@@ -282,6 +310,8 @@ class LocalBackend:
         assert self.old is not None
         r.generation_before = self.generation_before
         r.generation_after = max((g for _, g in self.old.generations), default=1)
+        seen = reload_lines(self.old.lines)
+        r.reload_pid = seen[-1][1] if seen else None
         # The server survived the reload unless it died on the SIGHUP (finish runs after
         # close(), which has stopped it by now: its state then says nothing).
         r.server_pid_after = self.old.pid if self.failed_status is None else None
@@ -413,18 +443,84 @@ class CommandBackend:
     name = "command"
     fills_to_cap = False
 
-    def __init__(self, plan: Plan, command: str, target: tuple[str, int]) -> None:
+    def __init__(
+        self, plan: Plan, command: str, target: tuple[str, int], log_command: str | None = None
+    ) -> None:
         self.plan = plan
         self.command = command
         self.target = target
+        self.log_command = log_command  # reload: prints the server's log (--log-cmd)
         self.proc: subprocess.Popen[str] | None = None
         self.group: ProcessGroup | None = None
         self.output: list[str] = []
         self.status: int | None = None
         self._reader: threading.Thread | None = None
+        self.generation_before = 1  # the server starts at generation 1 and logs each reload
+        self.generation_last: int | None = None  # the highest in the log's last reading
+        self.reloaded: tuple[int, int | None] | None = None  # (generation, PID) of the new line
+        self.log_runs = 0
 
     def start(self, ctx: Context) -> tuple[str, int]:
+        if self.log_command is not None:
+            seen = reload_lines(self.read_log())
+            self.generation_before = max((g for g, _ in seen), default=1)
         return self.target
+
+    def read_log(self) -> list[str]:
+        """The server's log lines as --log-cmd prints them now (the operator's command, through
+        the shell). A command that fails or hangs is an error: the reload could not be seen."""
+        assert self.log_command is not None
+        self.log_runs += 1
+        proc = subprocess.Popen(  # noqa: S602
+            self.log_command,
+            shell=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+        group = ProcessGroup.of(proc)  # now, before anything waits for the leader
+        try:
+            out, err = proc.communicate(timeout=LOG_CMD_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            stop_group(group, 1.0)
+            proc.communicate(timeout=5)
+            raise EcholabError(
+                f"the log command (--log-cmd) did not finish within {LOG_CMD_TIMEOUT:g} s",
+                EXIT_USAGE,
+            ) from None
+        except BaseException:  # a signal (Interrupted) cut the wait short: leave nothing behind
+            stop_group(group, 1.0)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+            raise
+        if proc.returncode:
+            last = next((ln for ln in reversed(err.splitlines()) if ln.strip()), "no output")
+            raise EcholabError(
+                f"the log command (--log-cmd) exited {proc.returncode}: {last.strip()[:200]}",
+                EXIT_USAGE,
+            )
+        return out.splitlines()
+
+    def wait_reloaded(self, ctx: Context) -> None:
+        """Reload: read the server's log until a generation above the one before shows (the
+        restart command, `systemctl reload` or `kill -HUP`, returns before the server has
+        re-executed itself), or until the deadline."""
+        while True:
+            seen = reload_lines(self.read_log())
+            self.generation_last = max((g for g, _ in seen), default=self.generation_before)
+            new = [(g, pid) for g, pid in seen if g > self.generation_before]
+            if new:
+                self.reloaded = new[-1]
+                generation, pid = self.reloaded
+                ctx.timeline.mark("bound", f"generation {generation} in the log, PID {pid}")
+                return
+            if time.monotonic() + LOG_POLL >= ctx.deadline:
+                ctx.timeline.mark("no_reload", "no new generation in the log by the deadline")
+                return
+            time.sleep(LOG_POLL)
 
     def restart(self, ctx: Context) -> None:
         ctx.timeline.mark("stop", "the restart command began")
@@ -460,6 +556,8 @@ class CommandBackend:
             # engine takes this reading as the end of the bind attempt's window.
             ctx.timeline.mark("restart_failed", f"the restart command exited {self.status}")
             ctx.sample_now("restart-failed")
+        elif self.plan.strategy == "reload" and self.log_command is not None:
+            self.wait_reloaded(ctx)
 
     def gave_up(self) -> bool:
         return bool(self.status)
@@ -469,9 +567,30 @@ class CommandBackend:
             self._reader.join(1)
         r.restart_cmd_status = self.status
         r.restart_output = "".join(self.output).strip()[-OUTPUT_TAIL:]
+        if self.plan.strategy == "reload":
+            self.finish_reload(r)
+            return
         after = set(r.listeners_after) - set(r.listeners_before)
         restarted = bool(after) or bool(set(r.owners_after) - set(r.owners_before))
         self.classify(r, restarted, after)
+
+    def finish_reload(self, r: Result) -> None:
+        """Reload from the outside: the generations the log showed, and the server's PID as the
+        process holding the listener (its socket inode's owner in /proc/*/fd) before and after."""
+        r.generation_before = self.generation_before
+        r.generation_after = self.reloaded[0] if self.reloaded else self.generation_last
+        r.reload_pid = self.reloaded[1] if self.reloaded else None
+        r.details["log_cmd_runs"] = self.log_runs
+        r.server_pid_before = _only(r.owners_before)
+        r.server_pid_after = _only(r.owners_after)
+        if self.status:
+            r.rebind = f"failed (exit {self.status})"
+        elif self.reloaded is None:
+            r.rebind = "failed (no reload line with a new generation in the server's log)"
+        elif not r.listeners_after:
+            r.rebind = "failed (no listener after the reload)"
+        else:
+            r.rebind = "ok"
 
     def classify(self, r: Result, restarted: bool, after: set[int]) -> None:
         """The outcome from the command's status and the port's listeners."""

@@ -8,7 +8,9 @@ A verdict proves each link of its claim, in order, or says which link is missing
                        listener (a socket held by a service manager);
     reuseport          a new listener joined the old one, then the old one went away;
     socket-activation  the same listener throughout, passed to another server process;
-    reload             the same listener and process, and a new generation in the server's log.
+    reload             the same listener and process, and a new generation in the server's log
+                       (its own output locally; `--log-cmd` in managed mode), logged by the
+                       process that held the listener before and after.
 (b) for stop-start: TIME_WAIT from this run's own sessions was on the server's port at the bind
     (seen just before it and just after it; for a new server that never listened, seen from the
     outside, at both ends of its bind attempt's window: from the old server letting go of the
@@ -59,14 +61,7 @@ def restart_link(r: Result) -> tuple[bool, str]:
     if r.strategy == "reload":
         if r.rebind.startswith("failed (SIGHUP"):
             return True, f"{r.rebind[8:-1]}: it went away instead of reloading"
-        g0, g1 = r.generation_before, r.generation_after
-        if g0 is not None and g1 is not None and g1 > g0 and before == after and not left:
-            return True, f"generation {g0} -> {g1}, same PID {_pids(r.owners_after)}, same {inodes}"
-        return False, (
-            f"no new generation in the server's log (generation {g0} -> {g1}); listener "
-            f"{inodes} -> {_pids(sorted(after))}, PIDs {_pids(r.owners_before)} -> "
-            f"{_pids(r.owners_after)}"
-        )
+        return reload_link(r, before, after, inodes)
     if new and not old_gone:
         return False, (
             f"a new listener ({_pids(sorted(new))}) appeared, but the old one ({inodes}) "
@@ -89,6 +84,28 @@ def restart_link(r: Result) -> tuple[bool, str]:
     return False, (
         f"the same listener ({inodes}, PID {_pids(r.owners_after)}) was there throughout and "
         "never went away"
+    )
+
+
+def reload_link(r: Result, before: set[int], after: set[int], inodes: str) -> tuple[bool, str]:
+    """(a) for reload: a new generation in the server's log, logged by the process that held
+    the listener before and after (when the line names its PID), the same listener throughout."""
+    g0, g1, pid = r.generation_before, r.generation_after, r.reload_pid
+    held = set(r.owners_before) & set(r.owners_after)
+    same_pid = bool(held) and set(r.owners_before) <= set(r.owners_after)
+    if pid is not None and pid not in held:
+        same_pid = False
+    if g0 is not None and g1 is not None and g1 > g0 and before == after and same_pid:
+        return True, f"generation {g0} -> {g1}, same PID {_pids(r.owners_after)}, same {inodes}"
+    if g0 is None or g1 is None or g1 <= g0:
+        why = f"no new generation in the server's log (generation {g0} -> {g1})"
+    elif pid is not None and pid not in held:
+        why = f"the new generation {g1} was logged by PID {pid}, not the listener's holder"
+    else:
+        why = f"a new generation {g1} was logged, but the listener or its process changed"
+    return False, (
+        f"{why}; listener {inodes} -> {_pids(sorted(after))}, PIDs "
+        f"{_pids(r.owners_before)} -> {_pids(r.owners_after)}"
     )
 
 

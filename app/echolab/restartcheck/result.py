@@ -45,7 +45,7 @@ class Result:
     """Everything one run observed. None means "not observed" (not zero)."""
 
     strategy: str
-    backend: str  # "local" (servers we start) or "command" (--restart-cmd)
+    backend: str  # "local" (servers we start) or "command" (--restart-cmd, --log-cmd)
     target: str
     reuseaddr: bool
     close_first: str
@@ -65,6 +65,7 @@ class Result:
     server_pid_after: int | None = None
     generation_before: int | None = None  # reload: the server's generation (its log)
     generation_after: int | None = None
+    reload_pid: int | None = None  # reload: the PID its log line with the new generation names
     # (b) TIME_WAIT from this run's sessions on the server's port
     time_wait_before: int | None = None  # on the port before the stop (older runs': not ours)
     time_wait_before_bind: int | None = None  # ours, just before the bind (or takeover)

@@ -1,9 +1,12 @@
 """The headline check on a host provisioned by echo_server: restart the service while clients
-are connected. With SO_REUSEADDR it binds while server-side TIME_WAIT sockets linger; without
-it (echo_server_reuseaddr: false) the restart fails with EADDRINUSE, and systemd goes on
-trying (Restart=on-failure) until the TIME_WAIT sockets expire. That the service does come back
-then (about a minute later) is echolab.lab.verify_restart's to wait for and prove; this test
-leaves a negative-control host recovering on its own.
+are connected, by the strategy the role was told to check by (echo_server_verify_strategy, from
+the facts file). Stop-start with SO_REUSEADDR binds while server-side TIME_WAIT sockets linger;
+without it (echo_server_reuseaddr: false) the restart fails with EADDRINUSE, and systemd goes
+on trying (Restart=on-failure) until the TIME_WAIT sockets expire. That the service does come
+back then (about a minute later) is echolab.lab.verify_restart's to wait for and prove; this
+test leaves a negative-control host recovering on its own. Socket activation and reload
+(`systemctl reload`: a new generation in the unit's journal, the same main process and
+listener) turn nobody away.
 
 `echolab restart-check` is the one judge, on the server's own host (TIME_WAIT can only be read
 in the server's network namespace): its verdict and exit status (0 pass, 1 fail, 3 invalid).
@@ -35,6 +38,14 @@ def test_restart_under_time_wait(host: Any, server: dict[str, Any], as_root: Any
     # The strategy the role was told to check by (hosts provisioned before it had one: stop-start).
     strategy = server.get("verify_strategy", "stop-start")
     assert report["strategy"] == strategy, "restart-check ran by the wrong strategy"
+    if strategy == "reload":
+        # `systemctl reload`: a new generation in the journal, from the unit's main process,
+        # which still holds the same listener.
+        assert report["generation_after"] > report["generation_before"], summary
+        main_pid = int(unit_properties(host, server["unit"], "MainPID")["MainPID"])
+        assert report["server_pid_before"] == report["server_pid_after"] == main_pid, summary
+        assert report["reload_pid"] == main_pid, summary
+        assert report["listeners_before"] == report["listeners_after"] != [], summary
     if strategy != "stop-start":
         assert report["refused_during_restart"] == 0, summary  # its verdict says so too
         return
