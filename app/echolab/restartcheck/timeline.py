@@ -14,6 +14,7 @@ import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,10 +169,22 @@ class Sampler(threading.Thread):
             self.timeline.samples.append(sample)
         return sample
 
-    def scan_owners(self) -> dict[int, tuple[int, ...]]:
-        """Who holds each listener now (PIDs from /proc/*/fd); recorded in the timeline."""
-        inodes = self._last_listeners
-        owners = {i: tuple(sorted(p for p, _ in o)) for i, o in socket_owners(inodes).items()}
+    def scan_owners(
+        self, inodes: Iterable[int] | None = None, attempts: int = 1
+    ) -> dict[int, tuple[int, ...]]:
+        """Who holds each listener (the last reading's, or `inodes`) now, PIDs from /proc/*/fd;
+        recorded in the timeline. A process in execve() hides its descriptors for a moment
+        (the server re-executes itself at start and on reload): with `attempts` > 1 a listener
+        found without a holder is looked for again, 10 ms apart."""
+        wanted = tuple(self._last_listeners if inodes is None else inodes)
+        owners: dict[int, tuple[int, ...]] = {}
+        for attempt in range(max(1, attempts)):
+            if attempt:
+                time.sleep(0.01)
+            found = socket_owners(wanted)
+            owners = {i: tuple(sorted(p for p, _ in o)) for i, o in found.items()}
+            if all(owners.get(i) for i in wanted):
+                break
         self.timeline.owners.append((time.monotonic(), owners))
         return owners
 
