@@ -696,9 +696,14 @@ def test_sigterm_in_local_mode_leaves_no_server_behind(tmp_path: Path) -> None:
     json_file = tmp_path / "r.json"
     proc = spawn("--port", "0", "--timeout", "60", "--json", str(json_file))
     try:
-        # Freeze the first server before it listens: restart-check waits for it, mid-run.
-        wait_until(lambda: children_of(proc.pid), 20, interval=0.001, what="the server")
-        server = children_of(proc.pid)[0]
+        # Freeze the first server before it listens: restart-check waits for it, mid-run. Only
+        # once it runs `serve`: a child frozen between fork() and exec() would hold its parent
+        # inside subprocess.Popen, waiting for the exec's outcome, which no user ever sees.
+        def server_started() -> list[int]:
+            return [p for p in children_of(proc.pid) if "serve" in _cmdline(p).split()]
+
+        wait_until(server_started, 20, interval=0.001, what="the server")
+        server = server_started()[0]
         _, err = freeze_then_terminate(proc, server)
     finally:
         kill_tree(proc)
@@ -718,7 +723,7 @@ def test_sigterm_after_the_stop_leaves_no_server_behind(tmp_path: Path) -> None:
 
         def second_server() -> int | None:
             # restart-check's own children (a server's session children are its grandchildren)
-            servers = [p for p in children_of(proc.pid) if "serve" in _cmdline(p)]
+            servers = [p for p in children_of(proc.pid) if "serve" in _cmdline(p).split()]
             if not first:
                 first.extend(servers[:1])
             return next((p for p in servers if p not in first), None)
