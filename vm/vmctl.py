@@ -94,13 +94,19 @@ def say(message: str) -> None:
 
 @dataclasses.dataclass
 class VM:
-    """One VM of the set: its name, inventory group, place in the set and forwarded SSH port."""
+    """One VM of the set: its name, inventory groups (comma-separated), place in the set,
+    forwarded SSH port and the host variables of its inventory entry."""
 
     name: str
     group: str
     index: int
     ssh_port: int = 0
     pid: int = 0
+    host_vars: dict[str, object] = dataclasses.field(default_factory=dict)
+
+    @property
+    def groups(self) -> list[str]:
+        return self.group.split(",")
 
     @property
     def link_address(self) -> str:
@@ -144,15 +150,19 @@ class Settings:
 
 
 def parse_vm_specs(specs: Sequence[str]) -> list[VM]:
-    """`NAME:GROUP` (or `NAME`, group = name) -> VMs; names must make valid host names."""
+    """`NAME:GROUP[,GROUP...]` (or `NAME`, group = name) -> VMs; names must make valid host
+    names."""
     vms: list[VM] = []
     for index, spec in enumerate(specs):
         name, _, group = spec.partition(":")
         group = group or name
         if not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", name):
             raise VMError(f"--vm {spec!r}: a name is lower-case letters, digits, '-'", EXIT_USAGE)
-        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,30}", group):
+        groups = group.split(",")
+        if not all(re.fullmatch(r"[a-z_][a-z0-9_]{0,30}", g) for g in groups):
             raise VMError(f"--vm {spec!r}: a group is lower-case letters, digits, '_'", EXIT_USAGE)
+        if len(set(groups)) != len(groups):
+            raise VMError(f"--vm {spec!r}: a group is given twice", EXIT_USAGE)
         if any(v.name == name for v in vms):
             raise VMError(f"--vm {spec!r}: the name {name!r} is given twice", EXIT_USAGE)
         vms.append(VM(name=name, group=group, index=index))
@@ -161,6 +171,25 @@ def parse_vm_specs(specs: Sequence[str]) -> list[VM]:
     if len(vms) > 200:
         raise VMError("at most 200 VMs share one private link", EXIT_USAGE)
     return vms
+
+
+def apply_host_vars(vms: Sequence[VM], specs: Sequence[str]) -> None:
+    """`NAME:KEY=VALUE` -> a host variable of VM NAME in the inventory. VALUE is read as JSON
+    when it is JSON (false, 8, "x"), else taken as a string."""
+    for spec in specs:
+        name, _, assignment = spec.partition(":")
+        key, eq, value = assignment.partition("=")
+        match = [vm for vm in vms if vm.name == name]
+        if not match or not eq or not re.fullmatch(r"[a-z_][a-z0-9_]{0,63}", key):
+            raise VMError(
+                f"--host-var {spec!r}: NAME:KEY=VALUE, NAME one of the --vm names, KEY a variable",
+                EXIT_USAGE,
+            )
+        try:
+            parsed: object = json.loads(value)
+        except ValueError:
+            parsed = value
+        match[0].host_vars[key] = parsed
 
 
 def identity_text(vm: VM, settings: Settings) -> str:
@@ -468,8 +497,8 @@ def inventory_text(vms: Sequence[VM], settings: Settings) -> str:
         "    ansible_python_interpreter: /usr/bin/python3",
         "  children:",
     ]
-    servers = [v for v in vms if v.group == "server"]
-    for group in dict.fromkeys(v.group for v in vms):
+    servers = [v for v in vms if "server" in v.groups]
+    for group in dict.fromkeys(g for v in vms for g in v.groups):
         out += [f"    {group}:"]
         if group == "loadgen" and servers:
             out += [
@@ -478,12 +507,16 @@ def inventory_text(vms: Sequence[VM], settings: Settings) -> str:
                 f"        echo_loadgen_target_host: {q(servers[0].link_address)}",
             ]
         out += ["      hosts:"]
-        for vm in (v for v in vms if v.group == group):
+        for vm in (v for v in vms if group in v.groups):
+            if group != vm.groups[0]:
+                out += [f"        {vm.name}: {{}}  # its variables are under {vm.groups[0]}"]
+                continue
             out += [
                 f"        {vm.name}:",
                 "          ansible_host: 127.0.0.1",
                 f"          ansible_port: {vm.ssh_port}",
                 f"          echolab_link_address: {q(vm.link_address)}",
+                *(f"          {k}: {q(v)}" for k, v in vm.host_vars.items()),
             ]
     return "\n".join(out) + "\n"
 
@@ -692,6 +725,7 @@ def answering(vms: Sequence[VM], settings: Settings) -> bool:
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     vms = parse_vm_specs(args.vm)
+    apply_host_vars(vms, args.host_var)
     if shutil.which(QEMU) is None:
         raise VMError(f"{QEMU} not found: run `make vm-host-packages` (Debian: qemu-system-x86)")
     if not (settings.image_dir / "complete").exists():
@@ -703,7 +737,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     wanted = {"image_dir": str(settings.image_dir), "user": settings.user,
               "smp": settings.smp, "memory": settings.memory}  # fmt: skip
     if (
-        [(v.name, v.group) for v in old] == [(v.name, v.group) for v in vms]
+        [(v.name, v.group, v.host_vars) for v in old]
+        == [(v.name, v.group, v.host_vars) for v in vms]
         and all(old_settings.get(k) == v for k, v in wanted.items())
         and answering(old, settings)
     ):
@@ -910,8 +945,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--vm",
         action="append",
         metavar="NAME[:GROUP]",
-        help="a VM and its inventory group, repeatable "
+        help="a VM and its inventory groups (comma-separated), repeatable "
         "(default: --vm server:server --vm loadgen:loadgen)",
+    )
+    up.add_argument(
+        "--host-var",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE",
+        help="a host variable of VM NAME in the inventory (VALUE read as JSON when it is), "
+        "repeatable",
     )
     up.add_argument("--user", default="debian", help="login user made at boot, sudo rights")
     up.add_argument("--smp", type=int, default=2, help="virtual CPUs per VM")
