@@ -507,10 +507,8 @@ def inventory_text(vms: Sequence[VM], settings: Settings) -> str:
                 f"        echo_loadgen_target_host: {q(servers[0].link_address)}",
             ]
         out += ["      hosts:"]
+        # A VM in several groups has the same variables in each.
         for vm in (v for v in vms if group in v.groups):
-            if group != vm.groups[0]:
-                out += [f"        {vm.name}: {{}}  # its variables are under {vm.groups[0]}"]
-                continue
             out += [
                 f"        {vm.name}:",
                 "          ansible_host: 127.0.0.1",

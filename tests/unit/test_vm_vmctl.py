@@ -4,6 +4,7 @@ processes). Booting real VMs is tests/vm/."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import ROOT
+from tests.support import ROOT, require
 
 # isort: split
 # vm/ is a directory of scripts, first-party or not depending on how ruff is invoked.
@@ -61,6 +62,8 @@ def test_specs_give_names_groups_and_distinct_addresses() -> None:
         (["srv:Bad-Group"], "a group is"),
         (["a:x", "a:y"], "given twice"),
         (["a;rm -rf /"], "a name is"),
+        (["a:x,Bad"], "a group is"),
+        (["a:x,x"], "a group is given twice"),
     ],
 )
 def test_bad_specs_are_usage_errors(specs: list[str], message: str) -> None:
@@ -165,6 +168,45 @@ def test_inventory_reaches_each_vm_on_its_forwarded_port_as_the_user(tmp_path: P
     assert groups["loadgen"]["hosts"]["loadgen"]["ansible_port"] == 41002
     # The loadgen targets the server where it can reach it: its private-link address.
     assert groups["loadgen"]["vars"]["echo_loadgen_target_host"] == "10.77.0.10"
+
+
+def test_a_vm_in_two_groups_with_host_vars_as_ansible_reads_it(tmp_path: Path) -> None:
+    """The loadgen VM doubling as the negative-control server: in both groups, its variables
+    once; read back by ansible-inventory itself, not just a YAML parser."""
+    vms = vmctl.parse_vm_specs(["server:server", "loadgen:loadgen,server"])
+    vmctl.apply_host_vars(
+        vms, ["loadgen:echo_server_reuseaddr=false", "loadgen:echo_loadgen_clients=8",
+              "server:note=plain text"],
+    )  # fmt: skip
+    for port, vm in zip((41001, 41002), vms, strict=True):
+        vm.ssh_port = port
+    path = tmp_path / "inventory.yml"
+    path.write_text(vmctl.inventory_text(vms, settings_in(tmp_path)))
+    tool = ROOT / ".venv/bin/ansible-inventory"
+    require(tool.exists(), "ansible-inventory in .venv (make venv-infra)")
+    out = subprocess.run(
+        [str(tool), "-i", str(path), "--list"], capture_output=True, text=True, check=True
+    ).stdout
+    seen = json.loads(out)
+    assert seen["server"]["hosts"] == ["server", "loadgen"]
+    assert seen["loadgen"]["hosts"] == ["loadgen"]
+    loadgen = seen["_meta"]["hostvars"]["loadgen"]
+    assert loadgen["ansible_port"] == 41002
+    assert loadgen["echo_server_reuseaddr"] is False
+    assert loadgen["echo_loadgen_clients"] == 8
+    assert loadgen["echo_loadgen_target_host"] == "10.77.0.10"
+    assert seen["_meta"]["hostvars"]["server"]["note"] == "plain text"
+    assert "echo_server_reuseaddr" not in seen["_meta"]["hostvars"]["server"]
+
+
+@pytest.mark.parametrize(
+    "spec", ["nobody:x=1", "server:x", "server:Bad=1", "server=1", "server:=1"]
+)
+def test_bad_host_vars_are_usage_errors(spec: str) -> None:
+    vms = vmctl.parse_vm_specs(["server:server"])
+    with pytest.raises(vmctl.VMError, match="--host-var") as err:
+        vmctl.apply_host_vars(vms, [spec])
+    assert err.value.code == vmctl.EXIT_USAGE
 
 
 def test_state_round_trips(tmp_path: Path) -> None:
