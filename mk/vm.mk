@@ -56,7 +56,7 @@ HOST_PACKAGE_ssh := openssh-client
 HOST_PACKAGE_ssh-keygen := openssh-client
 
 .PHONY: vm-host-packages vm-image vm-boot vm-site vm-up vm-check vm-restart vm-testinfra vm-verify \
-	vm-ssh vm-status vm-down vm-clean test-vm
+	vm-ssh vm-status vm-down vm-clean molecule-vm test-vm
 
 ##@ Real VMs (qemu)
 
@@ -101,6 +101,12 @@ vm-down: ## End every VM of the set (VM_STATE); nothing is left running, after a
 
 vm-clean: vm-down ## vm-down, then remove the VM images, the state and the SSH key (out/vm)
 	rm -rf out/vm
+
+# The Molecule scenario (ansible/extensions/molecule/vm): the steps above, each a make target.
+# An explicit rule: it needs no container image, unlike molecule-% (mk/ansible.mk).
+molecule-vm: venv-infra collection-install ## The Molecule scenario vm: boot, site, idempotence, verify_restart, testinfra, down (what make test runs)
+	@start=$$(date +%s); $(MOLECULE) test -s vm $(MOLECULE_ARGS); \
+	echo "molecule: scenario vm passed in $$(( $$(date +%s) - start )) s"
 
 test-vm: venv ## VM tests of vmctl itself: boot two VMs, check them over SSH, failures, tear down (slow)
 	$(PY) -m pytest tests/vm $(PYTEST_ARGS)
