@@ -82,7 +82,7 @@ vm-restart: ## Run echolab.lab.verify_restart on the running VMs: SO_REUSEADDR a
 	$(VM_ENV) ansible-playbook -i $(VM_INVENTORY) echolab.lab.verify_restart $(VM_ANSIBLE_ARGS)
 
 vm-testinfra: ## Run the collection's testinfra suite on the running VMs over SSH, as the user with sudo
-	$(VM_ENV) pytest -p no:cacheprovider --ansible-inventory=$(VM_INVENTORY) $(VM_TESTS)
+	$(VM_ENV) pytest --ansible-inventory=$(VM_INVENTORY) $(VM_TESTS)
 
 vm-up: venv-infra collection-install vm-boot ## Boot the VMs, write the inventory, run echolab.lab.site on them
 	@$(MAKE) vm-site

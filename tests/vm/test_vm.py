@@ -93,7 +93,7 @@ def vms() -> Iterator[dict[str, Any]]:
     require(can_run_vms(), "qemu and a VM image, or root/sudo -n to install and build them")
     make("vm-down")
     started = time.monotonic()
-    out = ok(make("vm-up"))
+    out = ok(make("vm-boot"))
     assert "logs in, sudo works" in out
     inventory = yaml.safe_load((STATE / "inventory.yml").read_text())
     yield {"inventory": inventory, "up_s": time.monotonic() - started, "stdout": out}
@@ -121,7 +121,7 @@ def test_two_vms_boot_and_ssh_is_forwarded_on_loopback_only(vms: dict[str, Any])
 
 def test_up_again_keeps_the_running_set(vms: dict[str, Any]) -> None:
     before = vmctl.qemu_pids(tag())
-    out = ok(make("vm-up", timeout=600))
+    out = ok(make("vm-boot", timeout=600))
     assert "vm: server, loadgen already up" in out
     assert vmctl.qemu_pids(tag()) == before
     assert yaml.safe_load((STATE / "inventory.yml").read_text()) == vms["inventory"]
@@ -239,7 +239,7 @@ def test_vm_down_leaves_nothing_running(vms: dict[str, Any]) -> None:
 
 
 def test_a_boot_that_times_out_leaves_nothing_running(vms: dict[str, Any]) -> None:
-    proc = make("vm-up", "VM_BOOT_TIMEOUT=3")
+    proc = make("vm-boot", "VM_BOOT_TIMEOUT=3")
     assert proc.returncode != 0
     assert "no SSH login within 3 s (VM_BOOT_TIMEOUT)" in proc.stderr
     assert "ending the VMs this `up` started" in proc.stdout
@@ -248,7 +248,7 @@ def test_a_boot_that_times_out_leaves_nothing_running(vms: dict[str, Any]) -> No
 
 def test_an_interrupted_up_leaves_nothing_running(vms: dict[str, Any]) -> None:
     proc = subprocess.Popen(
-        ["make", "--no-print-directory", "vm-up", *VARS], cwd=ROOT, start_new_session=True,
+        ["make", "--no-print-directory", "vm-boot", *VARS], cwd=ROOT, start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 300
