@@ -103,6 +103,7 @@ test: venv ## Everything CI runs: lint, types, unit, integration, lab (both Comp
 	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 	@$(MAKE) test-lab
 	@$(MAKE) molecule
+	$(PY) -m pytest tests/vm/test_vm_failures.py $(PYTEST_ARGS)
 	@$(MAKE) molecule-vm
 
 lint-extra:: venv
