@@ -8,13 +8,14 @@ VM_SUITE ?= bookworm
 VM_IMAGES ?= out/vm/images
 # State of the running set: overlays, consoles, known_hosts, inventory.yml.
 VM_STATE ?= out/vm/run
-# The set: NAME:GROUP[,GROUP], in boot order (the first VM hosts the private link's hub). The
+# The set: NAME:GROUP[,GROUP], in boot order (the first VM hosts the private link's hub); a
+# name is never a group's (Ansible's `hosts: server` would then reach that host alone). The
 # loadgen VM is also a server, the negative control (VM_HOST_VARS): a third VM would cost a
 # boot and its share of two host cores.
-VM_SET ?= server:server loadgen:loadgen,server
+VM_SET ?= server1:server loadgen1:loadgen,server
 # Host variables written into the inventory, NAME:KEY=VALUE (VALUE as JSON when it is): the
 # negative control's service without SO_REUSEADDR; 8 load clients (64 time out under emulation).
-VM_HOST_VARS ?= loadgen:echo_server_reuseaddr=false loadgen:echo_loadgen_clients=8
+VM_HOST_VARS ?= loadgen1:echo_server_reuseaddr=false loadgen1:echo_loadgen_clients=8
 # Per VM. Measured here (docs/vm.md): -smp 2 boots and converges faster than 1 even with two
 # VMs on two host cores.
 VM_SMP ?= 2
@@ -24,8 +25,8 @@ VM_USER ?= debian
 # auto: KVM when a guest really boots under it (probed once, cached), else TCG.
 VM_ACCEL ?= auto
 VM_BOOT_TIMEOUT ?= 600
-# `make vm-ssh VM=loadgen`; VM_CMD runs a command instead of a shell.
-VM ?= server
+# `make vm-ssh VM=loadgen1`; VM_CMD runs a command instead of a shell.
+VM ?= server1
 VM_CMD ?=
 # More ansible-playbook arguments for vm-site and vm-restart (e.g. --skip-tags echo_loadgen_run).
 VM_ANSIBLE_ARGS ?=
@@ -90,7 +91,7 @@ vm-up: venv-infra collection-install vm-boot ## Boot the VMs, write the inventor
 vm-verify: ## On the VMs of vm-up: vm-check, verify_restart (with the negative control), testinfra
 	@$(MAKE) vm-check vm-restart vm-testinfra
 
-vm-ssh: ## SSH into a running VM as its user (VM=server|loadgen, VM_CMD='...' to run one command)
+vm-ssh: ## SSH into a running VM as its user (VM=server1|loadgen1, VM_CMD='...' to run one command)
 	@$(VMCTL) ssh $(VM) $(if $(VM_CMD),-- $(VM_CMD))
 
 vm-status: ## The running VMs, their SSH ports and private-link addresses

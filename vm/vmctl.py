@@ -150,12 +150,12 @@ class Settings:
 
 
 def parse_vm_specs(specs: Sequence[str]) -> list[VM]:
-    """`NAME:GROUP[,GROUP...]` (or `NAME`, group = name) -> VMs; names must make valid host
-    names."""
+    """`NAME:GROUP[,GROUP...]` (or `NAME`: Ansible's group `ungrouped`) -> VMs; names must make
+    valid host names."""
     vms: list[VM] = []
     for index, spec in enumerate(specs):
         name, _, group = spec.partition(":")
-        group = group or name
+        group = group or "ungrouped"
         if not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", name):
             raise VMError(f"--vm {spec!r}: a name is lower-case letters, digits, '-'", EXIT_USAGE)
         groups = group.split(",")
@@ -168,6 +168,15 @@ def parse_vm_specs(specs: Sequence[str]) -> list[VM]:
         vms.append(VM(name=name, group=group, index=index))
     if not vms:
         raise VMError("no VM to start (--vm NAME:GROUP)", EXIT_USAGE)
+    # Ansible resolves a pattern that names both a host and a group to the host alone: a play
+    # for `hosts: server` would miss every other member of the group.
+    for vm in vms:
+        if any(vm.name in v.groups for v in vms):
+            raise VMError(
+                f"--vm {vm.name}: a VM named like a group of the set (`hosts: {vm.name}` would "
+                f"reach that VM alone): name it e.g. {vm.name}1",
+                EXIT_USAGE,
+            )
     if len(vms) > 200:
         raise VMError("at most 200 VMs share one private link", EXIT_USAGE)
     return vms
@@ -944,7 +953,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAME[:GROUP]",
         help="a VM and its inventory groups (comma-separated), repeatable "
-        "(default: --vm server:server --vm loadgen:loadgen)",
+        "(default: --vm server1:server --vm loadgen1:loadgen)",
     )
     up.add_argument(
         "--host-var",
@@ -979,7 +988,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.inventory = args.inventory or args.state / "inventory.yml"
     settings = Settings(state_dir=args.state, image_dir=args.image, key=args.key)
     if args.action == "up":
-        args.vm = args.vm or ["server:server", "loadgen:loadgen"]
+        args.vm = args.vm or ["server1:server", "loadgen1:loadgen"]
         if args.smp < 1 or args.memory < 256 or args.boot_timeout <= 0:
             raise VMError("--smp >= 1, --memory >= 256 (MiB), --boot-timeout > 0", EXIT_USAGE)
         settings = dataclasses.replace(
