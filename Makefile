@@ -98,11 +98,13 @@ test-unit: venv ## Unit tests (no network beyond loopback)
 test-integration: venv ## Integration tests: real servers and clients on loopback
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-test: venv ## Everything CI runs: lint, types, unit, integration, lab (both Composes) and Molecule
+test: venv ## Everything CI runs: lint, types, unit, integration, lab (both Composes), Molecule, the VMs
 	@$(MAKE) lint typecheck
 	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 	@$(MAKE) test-lab
 	@$(MAKE) molecule
+	$(PY) -m pytest tests/vm/test_vm_failures.py $(PYTEST_ARGS)
+	@$(MAKE) molecule-vm
 
 lint-extra:: venv
 	$(VENV)/bin/shellcheck .ci/run $(wildcard mk/*.sh scripts/*.sh docker/*/*.sh bench/*.sh)

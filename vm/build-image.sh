@@ -116,7 +116,7 @@ if [[ $(id -u) -ne 0 ]]; then
   exec sudo -n --preserve-env=PATH "$0" "${argv[@]}"
 fi
 for cmd in mmdebstrap mke2fs sha256sum; do
-  command -v "$cmd" >/dev/null || die "'$cmd' is missing: run 'make vm-host-packages' (or vm/host-packages.sh)"
+  command -v "$cmd" >/dev/null || die "'$cmd' is missing: run 'make vm-host-packages'"
 done
 
 # The host's own Debian release, from which another suite's sources are derived.

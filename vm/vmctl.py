@@ -94,13 +94,19 @@ def say(message: str) -> None:
 
 @dataclasses.dataclass
 class VM:
-    """One VM of the set: its name, inventory group, place in the set and forwarded SSH port."""
+    """One VM of the set: its name, inventory groups (comma-separated), place in the set,
+    forwarded SSH port and the host variables of its inventory entry."""
 
     name: str
     group: str
     index: int
     ssh_port: int = 0
     pid: int = 0
+    host_vars: dict[str, object] = dataclasses.field(default_factory=dict)
+
+    @property
+    def groups(self) -> list[str]:
+        return self.group.split(",")
 
     @property
     def link_address(self) -> str:
@@ -144,23 +150,55 @@ class Settings:
 
 
 def parse_vm_specs(specs: Sequence[str]) -> list[VM]:
-    """`NAME:GROUP` (or `NAME`, group = name) -> VMs; names must make valid host names."""
+    """`NAME:GROUP[,GROUP...]` (or `NAME`: Ansible's group `ungrouped`) -> VMs; names must make
+    valid host names."""
     vms: list[VM] = []
     for index, spec in enumerate(specs):
         name, _, group = spec.partition(":")
-        group = group or name
+        group = group or "ungrouped"
         if not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", name):
             raise VMError(f"--vm {spec!r}: a name is lower-case letters, digits, '-'", EXIT_USAGE)
-        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,30}", group):
+        groups = group.split(",")
+        if not all(re.fullmatch(r"[a-z_][a-z0-9_]{0,30}", g) for g in groups):
             raise VMError(f"--vm {spec!r}: a group is lower-case letters, digits, '_'", EXIT_USAGE)
+        if len(set(groups)) != len(groups):
+            raise VMError(f"--vm {spec!r}: a group is given twice", EXIT_USAGE)
         if any(v.name == name for v in vms):
             raise VMError(f"--vm {spec!r}: the name {name!r} is given twice", EXIT_USAGE)
         vms.append(VM(name=name, group=group, index=index))
     if not vms:
         raise VMError("no VM to start (--vm NAME:GROUP)", EXIT_USAGE)
+    # Ansible resolves a pattern that names both a host and a group to the host alone: a play
+    # for `hosts: server` would miss every other member of the group.
+    for vm in vms:
+        if any(vm.name in v.groups for v in vms):
+            raise VMError(
+                f"--vm {vm.name}: a VM named like a group of the set (`hosts: {vm.name}` would "
+                f"reach that VM alone): name it e.g. {vm.name}1",
+                EXIT_USAGE,
+            )
     if len(vms) > 200:
         raise VMError("at most 200 VMs share one private link", EXIT_USAGE)
     return vms
+
+
+def apply_host_vars(vms: Sequence[VM], specs: Sequence[str]) -> None:
+    """`NAME:KEY=VALUE` -> a host variable of VM NAME in the inventory. VALUE is read as JSON
+    when it is JSON (false, 8, "x"), else taken as a string."""
+    for spec in specs:
+        name, _, assignment = spec.partition(":")
+        key, eq, value = assignment.partition("=")
+        match = [vm for vm in vms if vm.name == name]
+        if not match or not eq or not re.fullmatch(r"[a-z_][a-z0-9_]{0,63}", key):
+            raise VMError(
+                f"--host-var {spec!r}: NAME:KEY=VALUE, NAME one of the --vm names, KEY a variable",
+                EXIT_USAGE,
+            )
+        try:
+            parsed: object = json.loads(value)
+        except ValueError:
+            parsed = value
+        match[0].host_vars[key] = parsed
 
 
 def identity_text(vm: VM, settings: Settings) -> str:
@@ -468,8 +506,8 @@ def inventory_text(vms: Sequence[VM], settings: Settings) -> str:
         "    ansible_python_interpreter: /usr/bin/python3",
         "  children:",
     ]
-    servers = [v for v in vms if v.group == "server"]
-    for group in dict.fromkeys(v.group for v in vms):
+    servers = [v for v in vms if "server" in v.groups]
+    for group in dict.fromkeys(g for v in vms for g in v.groups):
         out += [f"    {group}:"]
         if group == "loadgen" and servers:
             out += [
@@ -478,12 +516,14 @@ def inventory_text(vms: Sequence[VM], settings: Settings) -> str:
                 f"        echo_loadgen_target_host: {q(servers[0].link_address)}",
             ]
         out += ["      hosts:"]
-        for vm in (v for v in vms if v.group == group):
+        # A VM in several groups has the same variables in each.
+        for vm in (v for v in vms if group in v.groups):
             out += [
                 f"        {vm.name}:",
                 "          ansible_host: 127.0.0.1",
                 f"          ansible_port: {vm.ssh_port}",
                 f"          echolab_link_address: {q(vm.link_address)}",
+                *(f"          {k}: {q(v)}" for k, v in vm.host_vars.items()),
             ]
     return "\n".join(out) + "\n"
 
@@ -692,6 +732,7 @@ def answering(vms: Sequence[VM], settings: Settings) -> bool:
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     vms = parse_vm_specs(args.vm)
+    apply_host_vars(vms, args.host_var)
     if shutil.which(QEMU) is None:
         raise VMError(f"{QEMU} not found: run `make vm-host-packages` (Debian: qemu-system-x86)")
     if not (settings.image_dir / "complete").exists():
@@ -703,7 +744,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     wanted = {"image_dir": str(settings.image_dir), "user": settings.user,
               "smp": settings.smp, "memory": settings.memory}  # fmt: skip
     if (
-        [(v.name, v.group) for v in old] == [(v.name, v.group) for v in vms]
+        [(v.name, v.group, v.host_vars) for v in old]
+        == [(v.name, v.group, v.host_vars) for v in vms]
         and all(old_settings.get(k) == v for k, v in wanted.items())
         and answering(old, settings)
     ):
@@ -910,8 +952,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--vm",
         action="append",
         metavar="NAME[:GROUP]",
-        help="a VM and its inventory group, repeatable "
-        "(default: --vm server:server --vm loadgen:loadgen)",
+        help="a VM and its inventory groups (comma-separated), repeatable "
+        "(default: --vm server1:server --vm loadgen1:loadgen)",
+    )
+    up.add_argument(
+        "--host-var",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE",
+        help="a host variable of VM NAME in the inventory (VALUE read as JSON when it is), "
+        "repeatable",
     )
     up.add_argument("--user", default="debian", help="login user made at boot, sudo rights")
     up.add_argument("--smp", type=int, default=2, help="virtual CPUs per VM")
@@ -938,7 +988,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.inventory = args.inventory or args.state / "inventory.yml"
     settings = Settings(state_dir=args.state, image_dir=args.image, key=args.key)
     if args.action == "up":
-        args.vm = args.vm or ["server:server", "loadgen:loadgen"]
+        args.vm = args.vm or ["server1:server", "loadgen1:loadgen"]
         if args.smp < 1 or args.memory < 256 or args.boot_timeout <= 0:
             raise VMError("--smp >= 1, --memory >= 256 (MiB), --boot-timeout > 0", EXIT_USAGE)
         settings = dataclasses.replace(

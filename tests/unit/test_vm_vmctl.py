@@ -4,6 +4,7 @@ processes). Booting real VMs is tests/vm/."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import ROOT
+from tests.support import ROOT, require
 
 # isort: split
 # vm/ is a directory of scripts, first-party or not depending on how ruff is invoked.
@@ -28,7 +29,7 @@ def settings_in(tmp_path: Path) -> vmctl.Settings:
 
 
 def two_vms() -> list[vmctl.VM]:
-    vms = vmctl.parse_vm_specs(["server:server", "loadgen:loadgen"])
+    vms = vmctl.parse_vm_specs(["server1:server", "loadgen1:loadgen"])
     for port, vm in zip((41001, 41002), vms, strict=True):
         vm.ssh_port = port
     return vms
@@ -42,11 +43,11 @@ def option_values(argv: list[str], option: str) -> list[str]:
 
 
 def test_specs_give_names_groups_and_distinct_addresses() -> None:
-    vms = vmctl.parse_vm_specs(["server:server", "loadgen:loadgen", "web"])
+    vms = vmctl.parse_vm_specs(["server1:server", "loadgen1:loadgen", "web"])
     assert [(v.name, v.group, v.index) for v in vms] == [
-        ("server", "server", 0),
-        ("loadgen", "loadgen", 1),
-        ("web", "web", 2),
+        ("server1", "server", 0),
+        ("loadgen1", "loadgen", 1),
+        ("web", "ungrouped", 2),
     ]
     assert [v.link_address for v in vms] == ["10.77.0.10", "10.77.0.11", "10.77.0.12"]
     macs = [v.mgmt_mac for v in vms] + [v.link_mac for v in vms]
@@ -61,6 +62,10 @@ def test_specs_give_names_groups_and_distinct_addresses() -> None:
         (["srv:Bad-Group"], "a group is"),
         (["a:x", "a:y"], "given twice"),
         (["a;rm -rf /"], "a name is"),
+        (["a:x,Bad"], "a group is"),
+        (["a:x,x"], "a group is given twice"),
+        (["server:server"], "named like a group"),
+        (["web:x", "lg:loadgen,web"], "named like a group"),
     ],
 )
 def test_bad_specs_are_usage_errors(specs: list[str], message: str) -> None:
@@ -107,8 +112,8 @@ def test_every_qemu_carries_the_state_directorys_tag(tmp_path: Path) -> None:
     assert settings.tag != other.tag
     vms = two_vms()
     names = [option_values(vmctl.qemu_argv(vm, vms, settings), "-name")[0] for vm in vms]
-    assert names == [f"echolab-{settings.tag}-server,process=qemu-server",
-                     f"echolab-{settings.tag}-loadgen,process=qemu-loadgen"]  # fmt: skip
+    assert names == [f"echolab-{settings.tag}-server1,process=qemu-server1",
+                     f"echolab-{settings.tag}-loadgen1,process=qemu-loadgen1"]  # fmt: skip
 
 
 def test_the_accelerator_and_cpu_reach_qemu(tmp_path: Path) -> None:
@@ -132,7 +137,7 @@ def test_identity_carries_what_the_guest_unit_reads(tmp_path: Path) -> None:
     vm = two_vms()[1]
     lines = dict(line.split("=", 1) for line in vmctl.identity_text(vm, settings).splitlines())
     assert lines == {
-        "hostname": "loadgen",
+        "hostname": "loadgen1",
         "user": "ops",
         "ssh_authorized_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITEST echolab-vm",
         "mgmt_mac": vm.mgmt_mac,
@@ -157,14 +162,53 @@ def test_inventory_reaches_each_vm_on_its_forwarded_port_as_the_user(tmp_path: P
     assert f"UserKnownHostsFile={(settings.state_dir / 'known_hosts').resolve()}" in args
     assert "StrictHostKeyChecking=yes" in args
     groups = inventory["all"]["children"]
-    assert groups["server"]["hosts"]["server"] == {
+    assert groups["server"]["hosts"]["server1"] == {
         "ansible_host": "127.0.0.1",
         "ansible_port": 41001,
         "echolab_link_address": "10.77.0.10",
     }
-    assert groups["loadgen"]["hosts"]["loadgen"]["ansible_port"] == 41002
+    assert groups["loadgen"]["hosts"]["loadgen1"]["ansible_port"] == 41002
     # The loadgen targets the server where it can reach it: its private-link address.
     assert groups["loadgen"]["vars"]["echo_loadgen_target_host"] == "10.77.0.10"
+
+
+def test_a_vm_in_two_groups_with_host_vars_as_ansible_reads_it(tmp_path: Path) -> None:
+    """The loadgen VM doubling as the negative-control server: in both groups, its variables
+    once; read back by ansible-inventory itself, not just a YAML parser."""
+    vms = vmctl.parse_vm_specs(["server1:server", "loadgen1:loadgen,server"])
+    vmctl.apply_host_vars(
+        vms, ["loadgen1:echo_server_reuseaddr=false", "loadgen1:echo_loadgen_clients=8",
+              "server1:note=plain text"],
+    )  # fmt: skip
+    for port, vm in zip((41001, 41002), vms, strict=True):
+        vm.ssh_port = port
+    path = tmp_path / "inventory.yml"
+    path.write_text(vmctl.inventory_text(vms, settings_in(tmp_path)))
+    tool = ROOT / ".venv/bin/ansible-inventory"
+    require(tool.exists(), "ansible-inventory in .venv (make venv-infra)")
+    out = subprocess.run(
+        [str(tool), "-i", str(path), "--list"], capture_output=True, text=True, check=True
+    ).stdout
+    seen = json.loads(out)
+    assert seen["server"]["hosts"] == ["server1", "loadgen1"]
+    assert seen["loadgen"]["hosts"] == ["loadgen1"]
+    loadgen = seen["_meta"]["hostvars"]["loadgen1"]
+    assert loadgen["ansible_port"] == 41002
+    assert loadgen["echo_server_reuseaddr"] is False
+    assert loadgen["echo_loadgen_clients"] == 8
+    assert loadgen["echo_loadgen_target_host"] == "10.77.0.10"
+    assert seen["_meta"]["hostvars"]["server1"]["note"] == "plain text"
+    assert "echo_server_reuseaddr" not in seen["_meta"]["hostvars"]["server1"]
+
+
+@pytest.mark.parametrize(
+    "spec", ["nobody:x=1", "server1:x", "server1:Bad=1", "server1=1", "server1:=1"]
+)
+def test_bad_host_vars_are_usage_errors(spec: str) -> None:
+    vms = vmctl.parse_vm_specs(["server1:server"])
+    with pytest.raises(vmctl.VMError, match="--host-var") as err:
+        vmctl.apply_host_vars(vms, [spec])
+    assert err.value.code == vmctl.EXIT_USAGE
 
 
 def test_state_round_trips(tmp_path: Path) -> None:
