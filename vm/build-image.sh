@@ -119,31 +119,9 @@ for cmd in mmdebstrap mke2fs sha256sum; do
   command -v "$cmd" >/dev/null || die "'$cmd' is missing: run 'make vm-host-packages'"
 done
 
-# The host's own Debian release, from which another suite's sources are derived.
-host_suite=$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release 2>/dev/null | tr -d '"')
-
-# The host's apt entries for SUITE (and SUITE-updates, SUITE-security), deb822 or one-line.
-sources_for() {
-  local want=$1 file
-  shopt -s nullglob
-  for file in /etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [[ -s $file ]] || continue
-    if [[ $file == *.sources ]]; then
-      awk -v suite="$want" 'BEGIN { RS = ""; ORS = "\n\n" }
-        { if (match($0, /(^|\n)Suites:[^\n]*/)) { line = substr($0, RSTART, RLENGTH)
-            if (line ~ ("[ \t]" suite "([ \t-]|$)")) print } }' "$file"
-    else
-      grep -E "^[[:space:]]*deb[[:space:]].*[[:space:]]${want}([[:space:]]|-)" "$file" || true
-    fi
-  done
-  shopt -u nullglob
-}
-
-apt_sources=$(sources_for "$suite")
-if [[ -z $apt_sources && -n $host_suite && $host_suite != "$suite" ]]; then
-  apt_sources=$(sources_for "$host_suite" | sed -E "s/\\b${host_suite}\\b/${suite}/g")
-  [[ -z $apt_sources ]] || echo "vm-image: no apt source for $suite on this host; using the host's $host_suite entries renamed"
-fi
+# The host's apt entries for SUITE (mk/apt-sources.sh: deb822 or one-line; the host's own
+# release renamed when it has none for SUITE).
+apt_sources=$("$here/../mk/apt-sources.sh" "$suite") || apt_sources=""
 [[ -n $apt_sources ]] || die "no apt source for '$suite' in the host's apt configuration (/etc/apt/sources.list.d/*.sources, /etc/apt/sources.list)"
 
 mkdir -p "$out"
@@ -157,13 +135,7 @@ printf '%s\n' "$apt_sources" >"$work/sources"
 
 echo "vm-image: building $dir (Debian $suite, recipe $hash): mmdebstrap, about 2 minutes"
 # Leave out man pages, translations and docs (copyright files stay).
-mmdebstrap --mode=root --variant=minbase --include="$PACKAGES" \
-  --dpkgopt='path-exclude=/usr/share/man/*' \
-  --dpkgopt='path-exclude=/usr/share/locale/*' \
-  --dpkgopt='path-include=/usr/share/locale/locale.alias' \
-  --dpkgopt='path-exclude=/usr/share/doc/*' \
-  --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-  --dpkgopt='path-exclude=/usr/share/info/*' \
+"$here/../mk/mmdebstrap-slim.sh" --mode=root --variant=minbase --include="$PACKAGES" \
   --customize-hook="\"$here/build-image.sh\" --customize \"\$1\"" \
   "$suite" "$work/rootfs" - <"$work/sources" \
   || die "mmdebstrap failed (see above)"

@@ -80,13 +80,7 @@ trap 'rm -rf "$tmp"' EXIT
 printf '%s\n' "$apt_sources" >"$tmp/sources"
 
 # Leave out man pages, translations and most docs (copyright files stay): about 30 MB.
-mmdebstrap --quiet --variant="$variant" --include="$packages" \
-  --dpkgopt='path-exclude=/usr/share/man/*' \
-  --dpkgopt='path-exclude=/usr/share/locale/*' \
-  --dpkgopt='path-include=/usr/share/locale/locale.alias' \
-  --dpkgopt='path-exclude=/usr/share/doc/*' \
-  --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-  --dpkgopt='path-exclude=/usr/share/info/*' \
+"$root/mk/mmdebstrap-slim.sh" --quiet --variant="$variant" --include="$packages" \
   "$suite" "$tmp/rootfs.tar" - <"$tmp/sources"
 
 "$docker" import \

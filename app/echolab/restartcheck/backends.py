@@ -437,6 +437,22 @@ class SocketActivationBackend:
         self.tree.stop()
 
 
+def shell_command(command: str, *, stderr: int) -> subprocess.Popen[str]:
+    """The operator's own command line (--restart-cmd, --log-cmd), run through the shell as
+    documented, in a process group of its own (stopped as a whole if need be), output read as
+    text with undecodable bytes replaced."""
+    return subprocess.Popen(  # noqa: S602
+        command,
+        shell=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+
+
 class CommandBackend:
     """`--restart-cmd CMD` against `--target HOST:PORT`: a server run by something else."""
 
@@ -471,16 +487,7 @@ class CommandBackend:
         the shell). A command that fails or hangs is an error: the reload could not be seen."""
         assert self.log_command is not None
         self.log_runs += 1
-        proc = subprocess.Popen(  # noqa: S602
-            self.log_command,
-            shell=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-            start_new_session=True,
-        )
+        proc = shell_command(self.log_command, stderr=subprocess.PIPE)
         group = ProcessGroup.of(proc)  # now, before anything waits for the leader
         try:
             out, err = proc.communicate(timeout=LOG_CMD_TIMEOUT)
@@ -524,16 +531,7 @@ class CommandBackend:
 
     def restart(self, ctx: Context) -> None:
         ctx.timeline.mark("stop", "the restart command began")
-        # The operator's own command line, run through the shell as documented.
-        self.proc = subprocess.Popen(  # noqa: S602
-            self.command,
-            shell=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # its own process group: stopped as a whole if need be
-        )
+        self.proc = shell_command(self.command, stderr=subprocess.STDOUT)
         self.group = ProcessGroup.of(self.proc)  # now, before anything waits for the leader
         proc = self.proc
         self._reader = threading.Thread(target=lambda: self.output.extend(proc.stdout or []))
