@@ -98,13 +98,31 @@ test-unit: venv ## Unit tests (no network beyond loopback)
 test-integration: venv ## Integration tests: real servers and clients on loopback
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
+# make test runs the Molecule scenario vm beside the other tests: under emulation it takes longer
+# than all of them together, and its VMs leave the host's CPUs partly idle while SSH and Ansible
+# wait. It builds its own wheelhouse and collection and installs them into a collections path of
+# its own, so that the lab's and Molecule's rebuilds of theirs never change files under it. Its
+# lines are shown prefixed with [vm] as they come; the whole log is VM_TEST_LOG.
+VM_TEST_LOG ?= out/vm/log/make-test.log
+VM_TEST_VARS = WHEELHOUSE=out/vm/ci/wheelhouse WHEEL_BUILD=out/vm/ci/wheel-src \
+	COLLECTION_OUT=out/vm/ci COLLECTION_SRC=out/vm/ci/collection-src \
+	COLLECTIONS_PATH=out/vm/ci/collections PIP_WHEEL_DIR=out/vm/ci/pip
+
 test: venv ## Everything CI runs: lint, types, unit, integration, lab (both Composes), Molecule, the VMs
 	@$(MAKE) lint typecheck
-	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
-	@$(MAKE) test-lab
-	@$(MAKE) molecule
 	$(PY) -m pytest tests/vm/test_vm_failures.py $(PYTEST_ARGS)
-	@$(MAKE) molecule-vm
+	@$(MAKE) venv-infra host-tools
+	@mkdir -p $(dir $(VM_TEST_LOG)); rc=0; \
+	echo "test: the Molecule scenario vm runs beside the other tests; its lines start with [vm] (log: $(VM_TEST_LOG))"; \
+	{ $(MAKE) --no-print-directory molecule-vm $(VM_TEST_VARS); echo "vm: exit $$?"; } 2>&1 \
+	  | tee $(VM_TEST_LOG) | sed -u 's/^/[vm] /' & \
+	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS) || rc=1; \
+	[ $$rc != 0 ] || $(MAKE) test-lab || rc=1; \
+	[ $$rc != 0 ] || $(MAKE) molecule || rc=1; \
+	echo "test: the other tests ended (exit $$rc); waiting for the Molecule scenario vm"; wait; \
+	grep -qx "vm: exit 0" $(VM_TEST_LOG) \
+	  || { echo "test: the Molecule scenario vm FAILED (its log: $(VM_TEST_LOG))" >&2; rc=1; }; \
+	exit $$rc
 
 lint-extra:: venv
 	$(VENV)/bin/shellcheck .ci/run $(wildcard mk/*.sh scripts/*.sh docker/*/*.sh bench/*.sh)

@@ -20,7 +20,9 @@ SHELLCHECK ?= $(firstword $(wildcard $(VENV)/bin/shellcheck) shellcheck)
 # (roles/wheel_venv/files/wheelhouse/: out/wheelhouse plus pip's own wheel, which the hosts run
 # to install without python3-venv), then installed into an empty collections path for Molecule.
 COLLECTION_VERSION := $(shell sed -n 's/^version: *//p' ansible/galaxy.yml)
-COLLECTION := out/echolab-lab-$(COLLECTION_VERSION).tar.gz
+# Where the tarball is built (make test gives the VM scenario one of its own).
+COLLECTION_OUT := out
+COLLECTION := $(COLLECTION_OUT)/echolab-lab-$(COLLECTION_VERSION).tar.gz
 COLLECTION_SRC := out/ansible/collection-src
 COLLECTIONS_PATH := out/ansible/collections
 # pip's wheel, fetched once from PyPI at the version of $(VENV)'s pip (out/ansible/pip; remove it
@@ -45,7 +47,7 @@ collection: venv-infra wheelhouse ## Build the collection echolab.lab with the h
 	  -cf - . | tar -C $(COLLECTION_SRC) -xf -
 	@mkdir -p $(COLLECTION_SRC)/roles/wheel_venv/files/wheelhouse
 	@cp $(WHEELHOUSE)/*.whl $(PIP_WHEEL_DIR)/pip-*.whl $(COLLECTION_SRC)/roles/wheel_venv/files/wheelhouse/
-	@$(VENV)/bin/ansible-galaxy collection build --force --output-path out $(COLLECTION_SRC) >/dev/null
+	@$(VENV)/bin/ansible-galaxy collection build --force --output-path $(COLLECTION_OUT) $(COLLECTION_SRC) >/dev/null
 	@echo "collection: $(COLLECTION) ($$(du -k $(COLLECTION) | cut -f1) KiB; wheels: \
 	$$(cd $(COLLECTION_SRC)/roles/wheel_venv/files/wheelhouse && echo *.whl))"
 
