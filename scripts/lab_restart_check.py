@@ -203,60 +203,87 @@ def serve_requests(engine: subprocess.Popen[bytes], channel: Path, handlers: Han
     return served
 
 
-def check(lab: Lab, args: argparse.Namespace, engine_args: list[str]) -> int:
-    server = lab.up(args.timeout)
-    before = lab.holder(server)
-    if before["network_mode"] != "container:netns":
-        raise LabError(f"the server's network mode is {before['network_mode']}, "
+def holder_of(lab: Lab, server: str) -> dict[str, str]:
+    """Who holds the server's network namespace; a LabError unless it is the netns holder."""
+    holder = lab.holder(server)
+    if holder["network_mode"] != "container:netns":
+        raise LabError(f"the server's network mode is {holder['network_mode']}, "
                        "not the netns holder's namespace")  # fmt: skip
+    return holder
+
+
+def run_engine(
+    lab: Lab, service: str, argv: list[str], handlers: Handlers,
+    tidy: Callable[[], None] | None = None,
+) -> tuple[int, list[str], dict[str, Any]]:  # fmt: skip
+    """Run restart-check (the compose service, its result in the channel as /lab/result.json),
+    serving its requests: its exit status, the verbs served, its result. `tidy` runs after it
+    in any case."""
     with channel_dir() as channel:
-        argv = [
-            "--target", f"127.0.0.1:{lab.port}",
-            "--restart-cmd", CHANNEL_CMD.format(verb="restart"),
-            "--clients", str(args.clients), "--timeout", f"{RESTART_TIMEOUT:g}",
-            "--json", "/lab/result.json", *(["--no-reuseaddr"] if args.no_reuseaddr else []),
-            *engine_args,
-        ]  # fmt: skip
-        engine = lab.engine(argv, channel)
+        engine = lab.engine([*argv, "--json", "/lab/result.json"], channel, service)
         try:
-            reuseaddr = not args.no_reuseaddr
-            served = serve_requests(
-                engine, channel, {"restart": lambda: restart_server(lab, reuseaddr)}
-            )
-            restarted = "restart" in served
+            served = serve_requests(engine, channel, handlers)
             status = engine.wait(RESTART_TIMEOUT * 3)
         finally:
             if engine.poll() is None:
                 engine.terminate()
                 engine.wait(30)
-            # Leave the lab as it was found: its server up (the control left it stopped).
-            # (`ps -q` lists stopped containers too under Compose v1: ask the engine.)
-            if lab.inspect(server, "{{.State.Running}}") != "true":
-                lab.run("start", "server")
+            if tidy is not None:
+                tidy()
         result_file = channel / "result.json"
         if not result_file.exists():
             raise LabError(f"restart-check exited {status} without a result")
         result: dict[str, Any] = json.loads(result_file.read_text())
+    return status, served, result
+
+
+def report_lab(rows: list[tuple[str, str]], before: dict[str, str], after: dict[str, str]) -> bool:
+    """Print Docker's side of the run (these rows, then the namespace's); False when the
+    namespace was not kept."""
+    kept = before == after
+    say("lab (Docker's side of it)")
+    for key, value in [
+        *rows,
+        ("network namespace", f"{'kept' if kept else 'NOT KEPT'}: held by {before['holder']}; "
+                              f"the server joins it ({after['network_mode']})"),
+        ("after the run", "the server is up and healthy again"),
+    ]:  # fmt: skip
+        say(f"  {key.ljust(17)} {value}")
+    return kept
+
+
+def check(lab: Lab, args: argparse.Namespace, engine_args: list[str]) -> int:
+    server = lab.up(args.timeout)
+    before = holder_of(lab, server)
+    reuseaddr = not args.no_reuseaddr
+
+    def tidy() -> None:
+        # Leave the lab as it was found: its server up (the control left it stopped).
+        # (`ps -q` lists stopped containers too under Compose v1: ask the engine.)
+        if lab.inspect(server, "{{.State.Running}}") != "true":
+            lab.run("start", "server")
+
+    argv = [
+        "--target", f"127.0.0.1:{lab.port}", "--restart-cmd", CHANNEL_CMD.format(verb="restart"),
+        "--clients", str(args.clients), "--timeout", f"{RESTART_TIMEOUT:g}",
+        *(["--no-reuseaddr"] if args.no_reuseaddr else []), *engine_args,
+    ]  # fmt: skip
+    status, served, result = run_engine(
+        lab, "restart-check", argv, {"restart": lambda: restart_server(lab, reuseaddr)}, tidy
+    )
     lab.wait_healthy(server, args.timeout)
     after = lab.holder(server)
     result["lab"] = {
-        "restart_requested": restarted,
+        "restart_requested": "restart" in served,
         "network_mode": after["network_mode"],
         "netns_holder": before["holder"],
         "netns_kept": before == after,
         "server_container_kept": lab.container("server") == server,
         "healthy_after": True,
     }
-    lab_rows = [
-        ("network namespace", f"{'kept' if before == after else 'NOT KEPT'}: held by "
-                              f"{before['holder']}; the server joins it ({after['network_mode']})"),
-        ("after the run", "the server is up and healthy again"),
-    ]  # fmt: skip
-    say("lab (Docker's side of it)")
-    for key, value in lab_rows:
-        say(f"  {key.ljust(17)} {value}")
+    kept = report_lab([], before, after)
     write_outputs(result, args)
-    if before != after:
+    if not kept:
         err("lab: the network namespace was not kept")
         return EXIT_FAILED
     return status
@@ -274,14 +301,8 @@ def write_outputs(result: dict[str, Any], args: argparse.Namespace) -> None:
 def compare(lab: Lab, args: argparse.Namespace, engine_args: list[str]) -> int:
     """restart-check --compare on a loopback port of its own inside the lab's namespace."""
     lab.up(args.timeout)
-    with channel_dir() as channel:
-        argv = ["--compare", "--host", "127.0.0.1", "--clients", str(args.clients),
-                "--json", "/lab/result.json", *engine_args]  # fmt: skip
-        status = lab.engine(argv, channel).wait()
-        result_file = channel / "result.json"
-        if not result_file.exists():
-            raise LabError(f"restart-check --compare exited {status} without a result")
-        data: dict[str, Any] = json.loads(result_file.read_text())
+    argv = ["--compare", "--host", "127.0.0.1", "--clients", str(args.clients), *engine_args]
+    status, _, data = run_engine(lab, "restart-check", argv, {})
     if args.json_file:
         Path(args.json_file).write_text(json.dumps(data, indent=2) + "\n")
     if args.plot:
@@ -322,39 +343,23 @@ def reload(lab: Lab, args: argparse.Namespace, engine_args: list[str]) -> int:
     """restart-check --strategy reload in the lab's network namespace and in the server's PID
     namespace (compose.yaml's reload-check); SIGHUP and the log through the channel."""
     server = lab.up(args.timeout)
-    before = lab.holder(server)
-    if before["network_mode"] != "container:netns":
-        raise LabError(f"the server's network mode is {before['network_mode']}, "
-                       "not the netns holder's namespace")  # fmt: skip
+    before = holder_of(lab, server)
     facts_before = server_facts(lab, server)
     started = facts_before["started_at"]
-    with channel_dir() as channel:
-        argv = [
-            "--strategy", "reload", "--target", f"127.0.0.1:{lab.port}",
-            "--restart-cmd", CHANNEL_CMD.format(verb="reload"),
-            "--log-cmd", CHANNEL_CMD.format(verb="logs"),
-            "--clients", str(args.clients), "--timeout", f"{RESTART_TIMEOUT:g}",
-            "--json", "/lab/result.json", *engine_args,
-        ]  # fmt: skip
-        engine = lab.engine(argv, channel, "reload-check")
-        try:
-            served = serve_requests(
-                engine, channel,
-                {"reload": lambda: hup(lab), "logs": lambda: server_log(lab, server, started)},
-            )  # fmt: skip
-            status = engine.wait(RESTART_TIMEOUT * 3)
-        finally:
-            if engine.poll() is None:
-                engine.terminate()
-                engine.wait(30)
-        result_file = channel / "result.json"
-        if not result_file.exists():
-            raise LabError(f"restart-check exited {status} without a result")
-        result: dict[str, Any] = json.loads(result_file.read_text())
+    argv = [
+        "--strategy", "reload", "--target", f"127.0.0.1:{lab.port}",
+        "--restart-cmd", CHANNEL_CMD.format(verb="reload"),
+        "--log-cmd", CHANNEL_CMD.format(verb="logs"),
+        "--clients", str(args.clients), "--timeout", f"{RESTART_TIMEOUT:g}", *engine_args,
+    ]  # fmt: skip
+    status, served, result = run_engine(
+        lab, "reload-check", argv,
+        {"reload": lambda: hup(lab), "logs": lambda: server_log(lab, server, started)},
+    )  # fmt: skip
     lab.wait_healthy(server, args.timeout)
     after = lab.holder(server)
     facts_after = server_facts(lab, server)
-    kept = facts_before == facts_after
+    same = facts_before == facts_after
     result["lab"] = {
         "reload_requested": "reload" in served,
         "log_requests": served.count("logs"),
@@ -362,28 +367,22 @@ def reload(lab: Lab, args: argparse.Namespace, engine_args: list[str]) -> int:
         "netns_holder": before["holder"],
         "netns_kept": before == after,
         "server_container_kept": facts_before["container"] == facts_after["container"],
-        "server_not_restarted": kept,
+        "server_not_restarted": same,
         "server_host_pid": facts_after["host_pid"],
         "server_started_at": started,
         "healthy_after": True,
     }
-    lab_rows = [
-        ("server container", f"{'kept' if kept else 'NOT KEPT'}: {server[:12]}, up since "
-                             f"{started}, host PID {facts_after['host_pid']}, "
-                             f"{facts_after['restart_count']} restarts"),
-        ("network namespace", f"{'kept' if before == after else 'NOT KEPT'}: held by "
-                              f"{before['holder']}; the server joins it ({after['network_mode']})"),
-        ("after the run", "the server is up and healthy again"),
-    ]  # fmt: skip
-    say("lab (Docker's side of it)")
-    for key, value in lab_rows:
-        say(f"  {key.ljust(17)} {value}")
+    container = (
+        f"{'kept' if same else 'NOT KEPT'}: {server[:12]}, up since {started}, host PID "
+        f"{facts_after['host_pid']}, {facts_after['restart_count']} restarts"
+    )
+    kept = report_lab([("server container", container)], before, after)
     write_outputs(result, args)
-    if not kept:
+    if not same:
         err(f"lab: the server's container was restarted or replaced: {facts_before} -> "
             f"{facts_after}")  # fmt: skip
         return EXIT_FAILED
-    if before != after:
+    if not kept:
         err("lab: the network namespace was not kept")
         return EXIT_FAILED
     return status
