@@ -107,7 +107,7 @@ lab-up: docker-check images compose-check ## Build what is missing, start the se
 	@echo "  make lab-load ECHOLAB_LOAD_RATE=500 ECHOLAB_LOAD_MAX_P99=50   open loop: 500 connections/s, fail above p99 50 ms"
 	@echo "  make lab-restart-check             restart the server under TIME_WAIT and prove it rebinds"
 	@echo "  make lab-compare                   every restart strategy, one table"
-	@echo "  make lab-reload                    SIGHUP: the same process takes new code, nobody refused"
+	@echo "  make lab-reload                    SIGHUP: the same process takes new code, nobody refused or reset"
 	@echo "  make lab-sockets                   the TCP sockets on the echo port, inside the lab"
 	@echo "  make lab-logs | lab-ps | lab-down"
 	@echo "  .venv/bin/echolab probe --target 127.0.0.1:$(ECHOLAB_HOST_PORT)   from the host"
@@ -153,8 +153,8 @@ lab-restart-check: lab-images-present venv-lab ## Stop+start the server with cli
 lab-compare: lab-images-present venv-lab ## restart-check --compare inside the lab's namespace: every strategy available there, one table
 	@$(LAB_EXPERIMENT) compare $(if $(LAB_JSON),--json $(LAB_JSON)) $(if $(LAB_PLOT),--plot $(LAB_PLOT)) $(LAB_ARGS)
 
-lab-reload: lab-images-present venv-lab ## SIGHUP the lab's server under load: same container, PID and listener, new generation, nobody refused
-	@$(LAB_EXPERIMENT) reload $(if $(LAB_JSON),--json $(LAB_JSON))
+lab-reload: lab-images-present venv-lab ## SIGHUP the lab's server with clients held, judged by restart-check --strategy reload in the lab's namespaces
+	@$(LAB_EXPERIMENT) reload $(if $(LAB_JSON),--json $(LAB_JSON)) $(if $(LAB_PLOT),--plot $(LAB_PLOT)) $(LAB_ARGS)
 
 lab-sockets: compose-check ## The TCP sockets on the echo port, read inside the lab's network namespace
 	@$(LAB_COMPOSE) exec -T netns echolab sockets --port $(ECHOLAB_PORT)

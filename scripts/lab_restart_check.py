@@ -17,9 +17,14 @@ check (`make lab-restart-check`)
 compare (`make lab-compare`)
     `echolab restart-check --compare` in the lab's namespace: every strategy available there.
 reload (`make lab-reload`)
-    SIGHUP to the lab's server (`compose kill -s HUP server`) while a loadgen container loads
-    it: the same container, PID and listener after, a new generation in its log, nobody
-    refused (the loadgen's figures), healthy after.
+    compose.yaml's `reload-check` service: the same, in the server's PID namespace too, with
+    `--strategy reload`: its restart command asks this script for `compose kill -s HUP
+    server`, its log command for the server's log since the container started (`docker logs
+    --since`, the current run's generations only); restart-check judges the new generation,
+    the same PID on the listener (the server's own PID 1, named by its reload line), the same
+    listener inode, nobody refused or reset and every held session still echoing. Around it:
+    the same container, not restarted, the same host PID, the same network namespace, healthy
+    after.
 
 Exit status: restart-check's (0 pass, 1 fail, 3 invalid run); 1 when a Docker-specific link is
 missing; 2 for bad usage. Run by make with the venv's Python (--plot draws with echolab's
@@ -32,27 +37,27 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-# The restart command restart-check runs inside its container: ask for the restart by a file in
-# the shared directory, wait for the status file this script writes when it is done, print the
-# Compose output and exit with the status (6: the server without SO_REUSEADDR hit EADDRINUSE).
-RESTART_CMD = (
-    "echo restart > /lab/request.tmp && mv /lab/request.tmp /lab/request; "
-    'while [ ! -e /lab/status ]; do sleep 0.02; done; cat /lab/output; exit "$(cat /lab/status)"'
+# The commands restart-check runs inside its container ask this script for a Compose or Docker
+# call by a request file in the shared directory (its name carries the shell's PID, its content
+# the verb), wait for the status file this script writes when it is done, print the output and
+# exit with the status (6: the server without SO_REUSEADDR hit EADDRINUSE).
+CHANNEL_CMD = (
+    'echo {verb} > "/lab/.request.$$" && mv "/lab/.request.$$" "/lab/request.$$"; '
+    'while [ ! -e "/lab/status.$$" ]; do sleep 0.02; done; cat "/lab/output.$$"; '
+    'status=$(cat "/lab/status.$$"); rm -f "/lab/output.$$" "/lab/status.$$"; exit "$status"'
 )
+OUTPUT_LIMIT = 1_000_000  # characters of a request's output handed back (a log's tail)
 RESTART_TIMEOUT = 60.0  # s for the restart command (the server's grace is 5 s)
-# The server's reload line names the reload and its generation (text or JSON log format).
-GENERATION = re.compile(r"generation\D{0,3}(\d+)", re.IGNORECASE)
 
 
 def say(text: str) -> None:
@@ -138,13 +143,15 @@ class Lab:
         report: dict[str, Any] = json.loads(proc.stdout)
         return report
 
-    def engine(self, args: list[str], channel: Path) -> subprocess.Popen[bytes]:
-        """compose.yaml's `restart-check` service with these arguments, the channel at /lab;
-        its output goes to ours."""
+    def engine(
+        self, args: list[str], channel: Path, service: str = "restart-check"
+    ) -> subprocess.Popen[bytes]:
+        """compose.yaml's `restart-check` service (or `reload-check`) with these arguments, the
+        channel at /lab; its output goes to ours."""
         return subprocess.Popen(
             [*self.compose, "--profile", "check", "run", "--rm", "--no-deps", "-T",
              "-v", f"{channel}:/lab",
-             "restart-check", *args],
+             service, *args],
             stdin=subprocess.DEVNULL, stdout=sys.stdout, stderr=sys.stderr,
         )  # fmt: skip
 
@@ -174,70 +181,109 @@ def restart_server(lab: Lab, reuseaddr: bool) -> tuple[int, str]:
     return control.returncode, (control.stdout + control.stderr)
 
 
-def serve_restart(lab: Lab, engine: subprocess.Popen[bytes], channel: Path,
-                  reuseaddr: bool) -> bool:  # fmt: skip
-    """Wait for the engine's restart request and perform it; False when none came."""
-    request = channel / "request"
+Handlers = dict[str, Callable[[], tuple[int, str]]]
+
+
+def serve_requests(engine: subprocess.Popen[bytes], channel: Path, handlers: Handlers) -> list[str]:
+    """Perform the engine's requests (CHANNEL_CMD) until it exits: the verbs served, in order.
+    A verb without a handler is answered with status 2."""
+    served: list[str] = []
     while engine.poll() is None:
-        if request.exists():
-            status, output = restart_server(lab, reuseaddr)
-            (channel / "output").write_text(output[-2000:])
-            (channel / "status.tmp").write_text(f"{status}\n")
-            (channel / "status.tmp").rename(channel / "status")
-            return True
+        for request in sorted(channel.glob("request.*")):
+            ident = request.name.split(".", 1)[1]
+            verb = request.read_text().strip()
+            request.unlink()
+            handler = handlers.get(verb)
+            status, output = handler() if handler else (EXIT_USAGE, f"lab: no request {verb!r}\n")
+            served.append(verb)
+            (channel / f"output.{ident}").write_text(output[-OUTPUT_LIMIT:])
+            (channel / f".status.{ident}").write_text(f"{status}\n")
+            (channel / f".status.{ident}").rename(channel / f"status.{ident}")
         time.sleep(0.02)
-    return False
+    return served
 
 
-def check(lab: Lab, args: argparse.Namespace, engine_args: list[str]) -> int:
-    server = lab.up(args.timeout)
-    before = lab.holder(server)
-    if before["network_mode"] != "container:netns":
-        raise LabError(f"the server's network mode is {before['network_mode']}, "
+def holder_of(lab: Lab, server: str) -> dict[str, str]:
+    """Who holds the server's network namespace; a LabError unless it is the netns holder."""
+    holder = lab.holder(server)
+    if holder["network_mode"] != "container:netns":
+        raise LabError(f"the server's network mode is {holder['network_mode']}, "
                        "not the netns holder's namespace")  # fmt: skip
+    return holder
+
+
+def run_engine(
+    lab: Lab, service: str, argv: list[str], handlers: Handlers,
+    tidy: Callable[[], None] | None = None,
+) -> tuple[int, list[str], dict[str, Any]]:  # fmt: skip
+    """Run restart-check (the compose service, its result in the channel as /lab/result.json),
+    serving its requests: its exit status, the verbs served, its result. `tidy` runs after it
+    in any case."""
     with channel_dir() as channel:
-        argv = [
-            "--target", f"127.0.0.1:{lab.port}", "--restart-cmd", RESTART_CMD,
-            "--clients", str(args.clients), "--timeout", f"{RESTART_TIMEOUT:g}",
-            "--json", "/lab/result.json", *(["--no-reuseaddr"] if args.no_reuseaddr else []),
-            *engine_args,
-        ]  # fmt: skip
-        engine = lab.engine(argv, channel)
+        engine = lab.engine([*argv, "--json", "/lab/result.json"], channel, service)
         try:
-            restarted = serve_restart(lab, engine, channel, not args.no_reuseaddr)
+            served = serve_requests(engine, channel, handlers)
             status = engine.wait(RESTART_TIMEOUT * 3)
         finally:
             if engine.poll() is None:
                 engine.terminate()
                 engine.wait(30)
-            # Leave the lab as it was found: its server up (the control left it stopped).
-            # (`ps -q` lists stopped containers too under Compose v1: ask the engine.)
-            if lab.inspect(server, "{{.State.Running}}") != "true":
-                lab.run("start", "server")
+            if tidy is not None:
+                tidy()
         result_file = channel / "result.json"
         if not result_file.exists():
             raise LabError(f"restart-check exited {status} without a result")
         result: dict[str, Any] = json.loads(result_file.read_text())
+    return status, served, result
+
+
+def report_lab(rows: list[tuple[str, str]], before: dict[str, str], after: dict[str, str]) -> bool:
+    """Print Docker's side of the run (these rows, then the namespace's); False when the
+    namespace was not kept."""
+    kept = before == after
+    say("lab (Docker's side of it)")
+    for key, value in [
+        *rows,
+        ("network namespace", f"{'kept' if kept else 'NOT KEPT'}: held by {before['holder']}; "
+                              f"the server joins it ({after['network_mode']})"),
+        ("after the run", "the server is up and healthy again"),
+    ]:  # fmt: skip
+        say(f"  {key.ljust(17)} {value}")
+    return kept
+
+
+def check(lab: Lab, args: argparse.Namespace, engine_args: list[str]) -> int:
+    server = lab.up(args.timeout)
+    before = holder_of(lab, server)
+    reuseaddr = not args.no_reuseaddr
+
+    def tidy() -> None:
+        # Leave the lab as it was found: its server up (the control left it stopped).
+        # (`ps -q` lists stopped containers too under Compose v1: ask the engine.)
+        if lab.inspect(server, "{{.State.Running}}") != "true":
+            lab.run("start", "server")
+
+    argv = [
+        "--target", f"127.0.0.1:{lab.port}", "--restart-cmd", CHANNEL_CMD.format(verb="restart"),
+        "--clients", str(args.clients), "--timeout", f"{RESTART_TIMEOUT:g}",
+        *(["--no-reuseaddr"] if args.no_reuseaddr else []), *engine_args,
+    ]  # fmt: skip
+    status, served, result = run_engine(
+        lab, "restart-check", argv, {"restart": lambda: restart_server(lab, reuseaddr)}, tidy
+    )
     lab.wait_healthy(server, args.timeout)
     after = lab.holder(server)
     result["lab"] = {
-        "restart_requested": restarted,
+        "restart_requested": "restart" in served,
         "network_mode": after["network_mode"],
         "netns_holder": before["holder"],
         "netns_kept": before == after,
         "server_container_kept": lab.container("server") == server,
         "healthy_after": True,
     }
-    lab_rows = [
-        ("network namespace", f"{'kept' if before == after else 'NOT KEPT'}: held by "
-                              f"{before['holder']}; the server joins it ({after['network_mode']})"),
-        ("after the run", "the server is up and healthy again"),
-    ]  # fmt: skip
-    say("lab (Docker's side of it)")
-    for key, value in lab_rows:
-        say(f"  {key.ljust(17)} {value}")
+    kept = report_lab([], before, after)
     write_outputs(result, args)
-    if before != after:
+    if not kept:
         err("lab: the network namespace was not kept")
         return EXIT_FAILED
     return status
@@ -255,14 +301,8 @@ def write_outputs(result: dict[str, Any], args: argparse.Namespace) -> None:
 def compare(lab: Lab, args: argparse.Namespace, engine_args: list[str]) -> int:
     """restart-check --compare on a loopback port of its own inside the lab's namespace."""
     lab.up(args.timeout)
-    with channel_dir() as channel:
-        argv = ["--compare", "--host", "127.0.0.1", "--clients", str(args.clients),
-                "--json", "/lab/result.json", *engine_args]  # fmt: skip
-        status = lab.engine(argv, channel).wait()
-        result_file = channel / "result.json"
-        if not result_file.exists():
-            raise LabError(f"restart-check --compare exited {status} without a result")
-        data: dict[str, Any] = json.loads(result_file.read_text())
+    argv = ["--compare", "--host", "127.0.0.1", "--clients", str(args.clients), *engine_args]
+    status, _, data = run_engine(lab, "restart-check", argv, {})
     if args.json_file:
         Path(args.json_file).write_text(json.dumps(data, indent=2) + "\n")
     if args.plot:
@@ -272,109 +312,80 @@ def compare(lab: Lab, args: argparse.Namespace, engine_args: list[str]) -> int:
     return status
 
 
-def generation(lab: Lab, server: str, since: str) -> int:
-    """The server's latest generation in its log since `since` (1: no reload line)."""
+def server_log(lab: Lab, server: str, since: str) -> tuple[int, str]:
+    """The server's log since its container started (the current run's lines only: a log
+    spanning a stop and start would hold an older server's generations), both streams."""
     proc = subprocess.run(
-        [lab.docker, "logs", "--since", since, server], capture_output=True, text=True, check=False
-    )
-    lines = (proc.stdout + proc.stderr).splitlines()
-    found = [int(g) for line in lines if "reload" in line for g in GENERATION.findall(line)]
-    return max(found, default=1)
+        [lab.docker, "logs", "--since", since, server],
+        capture_output=True, text=True, errors="replace", timeout=30, check=False,
+    )  # fmt: skip
+    if proc.returncode:
+        return proc.returncode, proc.stderr
+    return 0, proc.stdout + proc.stderr
 
 
-def listeners(lab: Lab) -> list[int]:
-    return sorted(s["inode"] for s in lab.sockets()["sockets"] if s["state"] == "LISTEN")
+def hup(lab: Lab) -> tuple[int, str]:
+    proc = lab.run("kill", "-s", "HUP", "server", check=False)
+    return proc.returncode, proc.stdout + proc.stderr
 
 
-def reload(lab: Lab, args: argparse.Namespace) -> int:
-    """SIGHUP to the lab's server while a loadgen container loads it; the proof from state."""
-    server = lab.up(args.timeout)
-    started = lab.inspect(server, "{{.State.StartedAt}}")
-    facts_before = {
-        "container": server,
-        "pid": lab.inspect(server, "{{.State.Pid}}"),
-        "started_at": started,
-        "restart_count": lab.inspect(server, "{{.RestartCount}}"),
-        "listeners": listeners(lab),
-    }
-    gen_before = generation(lab, server, started)
-    with channel_dir() as channel:
-        load = subprocess.Popen(
-            [*lab.compose, "--profile", "load", "run", "--rm", "--no-deps", "-T",
-             "-v", f"{channel}:/lab",
-             "-e", f"ECHOLAB_DURATION={args.duration:g}s", "-e", "ECHOLAB_CLIENTS=16",
-             "-e", "ECHOLAB_MAX_ERROR_RATE=0", "-e", "ECHOLAB_NO_PROGRESS=1",
-             "-e", "ECHOLAB_JSON_FILE=/lab/load.json", "loadgen"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        # SIGHUP once the load runs: its first connections seen on the server's port.
-        deadline = time.monotonic() + args.timeout
-        while load.poll() is None and time.monotonic() < deadline:
-            seen = lab.sockets()["server_side"]
-            if seen.get("ESTABLISHED", 0) + seen.get("TIME_WAIT", 0):
-                break
-            time.sleep(0.1)
-        time.sleep(1.0)
-        running_at_hup = load.poll() is None
-        lab.run("kill", "-s", "HUP", "server")
-        out, _ = load.communicate(timeout=args.duration + 120)
-        load_file = channel / "load.json"
-        figures: dict[str, Any] = json.loads(load_file.read_text()) if load_file.exists() else {}
-    lab.wait_healthy(server, args.timeout)
-    gen_after = generation(lab, server, started)
-    facts_after = {
+def server_facts(lab: Lab, server: str) -> dict[str, str]:
+    """What a restart of the server's container would change (its PID 1's host PID among)."""
+    return {
         "container": lab.container("server"),
-        "pid": lab.inspect(server, "{{.State.Pid}}"),
+        "host_pid": lab.inspect(server, "{{.State.Pid}}"),
         "started_at": lab.inspect(server, "{{.State.StartedAt}}"),
         "restart_count": lab.inspect(server, "{{.RestartCount}}"),
-        "listeners": listeners(lab),
     }
-    errors = figures.get("errors", {})
-    result = {
-        "strategy": "reload",
-        "generation_before": gen_before,
-        "generation_after": gen_after,
-        "same_container": facts_before["container"] == facts_after["container"],
-        "same_pid": facts_before["pid"] == facts_after["pid"],
-        "pid": facts_after["pid"],
-        "same_start": facts_before["started_at"] == facts_after["started_at"]
-        and facts_before["restart_count"] == facts_after["restart_count"],
-        "same_listener": facts_before["listeners"] == facts_after["listeners"],
-        "listeners": facts_after["listeners"],
-        "load_exit": load.returncode,
-        "connections_ok": figures.get("connections_ok"),
-        "errors_total": figures.get("errors_total"),
-        "errors": errors,
-        "refused": errors.get("refused", 0) if isinstance(errors, dict) else None,
-        "healthy_after": True,
-        "load_running_at_hup": running_at_hup,
-    }
-    links = [
-        ("same container", result["same_container"] and result["same_start"],
-         f"{server[:12]}, started {started}, not restarted"),
-        ("same PID", result["same_pid"], f"host PID {facts_after['pid']}"),
-        ("same listener", result["same_listener"] and bool(facts_after["listeners"]),
-         f"inode {', '.join(map(str, facts_after['listeners'])) or 'none'}"),
-        ("new generation", gen_after > gen_before,
-         f"generation {gen_before} -> {gen_after} (the server's reload line)"),
-        ("nobody refused", running_at_hup and load.returncode == 0
-         and result["errors_total"] == 0,
-         f"the loadgen ran across the SIGHUP and exited {load.returncode}: "
-         f"{result['connections_ok']} connections ok, {result['errors_total']} errors "
-         f"({', '.join(f'{k} {v}' for k, v in errors.items()) or 'no figures'})"),
+
+
+def reload(lab: Lab, args: argparse.Namespace, engine_args: list[str]) -> int:
+    """restart-check --strategy reload in the lab's network namespace and in the server's PID
+    namespace (compose.yaml's reload-check); SIGHUP and the log through the channel."""
+    server = lab.up(args.timeout)
+    before = holder_of(lab, server)
+    facts_before = server_facts(lab, server)
+    started = facts_before["started_at"]
+    argv = [
+        "--strategy", "reload", "--target", f"127.0.0.1:{lab.port}",
+        "--restart-cmd", CHANNEL_CMD.format(verb="reload"),
+        "--log-cmd", CHANNEL_CMD.format(verb="logs"),
+        "--clients", str(args.clients), "--timeout", f"{RESTART_TIMEOUT:g}", *engine_args,
     ]  # fmt: skip
-    ok = all(passed for _, passed, _ in links)
-    result["verdict"] = "pass" if ok else "fail"
-    result["links"] = {name: {"ok": passed, "evidence": how} for name, passed, how in links}
-    say(out.rstrip())
-    say("\nlab reload (SIGHUP in place, under load)")
-    for name, passed, how in links:
-        say(f"  {name.ljust(15)} {'yes' if passed else 'NO '}  {how}")
-    say(f"  {'verdict'.ljust(15)} {result['verdict'].upper()}")
-    if args.json_file:
-        Path(args.json_file).write_text(json.dumps(result, indent=2) + "\n")
-    return EXIT_OK if ok else EXIT_FAILED
+    status, served, result = run_engine(
+        lab, "reload-check", argv,
+        {"reload": lambda: hup(lab), "logs": lambda: server_log(lab, server, started)},
+    )  # fmt: skip
+    lab.wait_healthy(server, args.timeout)
+    after = lab.holder(server)
+    facts_after = server_facts(lab, server)
+    same = facts_before == facts_after
+    result["lab"] = {
+        "reload_requested": "reload" in served,
+        "log_requests": served.count("logs"),
+        "network_mode": after["network_mode"],
+        "netns_holder": before["holder"],
+        "netns_kept": before == after,
+        "server_container_kept": facts_before["container"] == facts_after["container"],
+        "server_not_restarted": same,
+        "server_host_pid": facts_after["host_pid"],
+        "server_started_at": started,
+        "healthy_after": True,
+    }
+    container = (
+        f"{'kept' if same else 'NOT KEPT'}: {server[:12]}, up since {started}, host PID "
+        f"{facts_after['host_pid']}, {facts_after['restart_count']} restarts"
+    )
+    kept = report_lab([("server container", container)], before, after)
+    write_outputs(result, args)
+    if not same:
+        err(f"lab: the server's container was restarted or replaced: {facts_before} -> "
+            f"{facts_after}")  # fmt: skip
+        return EXIT_FAILED
+    if not kept:
+        err("lab: the network namespace was not kept")
+        return EXIT_FAILED
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,13 +401,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="check: the control, a server without SO_REUSEADDR (expect EADDRINUSE)",
     )
-    p.add_argument("--duration", type=float, default=6.0, help="reload: seconds of load")
     p.add_argument("--timeout", type=float, default=90.0, help="for the server to be healthy")
     p.add_argument("--json", dest="json_file", help="write the result as JSON to this file")
-    p.add_argument("--plot", help="check, compare: draw the timeline (.svg or .png; matplotlib)")
+    p.add_argument("--plot", help="draw the timeline (.svg or .png; matplotlib)")
     args, engine_args = p.parse_known_args(argv)
-    if args.plot and args.experiment == "reload":
-        p.error("--plot is for check and compare")
     if args.plot:  # before the run, not after it: a known format, matplotlib installed
         from echolab.errors import EcholabError
         from echolab.restartcheck.plot import check_plot
@@ -411,11 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.experiment == "check":
             return check(lab, args, engine_args)
-        if engine_args and args.experiment == "reload":
-            p.error(f"unrecognized arguments: {' '.join(engine_args)}")
         if args.experiment == "compare":
             return compare(lab, args, engine_args)
-        return reload(lab, args)
+        return reload(lab, args, engine_args)
     except LabError as exc:
         err(f"lab-{args.experiment}: {exc}")
         return EXIT_FAILED

@@ -57,8 +57,9 @@ if [ "$(id -u)" = 0 ]; then
     run 05-reuseport-migrate-on 0 "$echolab" restart-check --strategy reuseport --migrate-req on \
         --plot "$img/05-reuseport-migrate-on.svg"
 fi
-# 6. Reload in place: the lab's server under load, then the engine's own reload run.
-run 06-lab-reload 0 make --no-print-directory lab-reload "$@"
+# 6. Reload in place: the lab's server, judged by restart-check in its namespaces, then the
+# engine's own reload run.
+run 06-lab-reload 0 make --no-print-directory lab-reload LAB_PLOT="$img/06-lab-reload.svg" "$@"
 run 06-reload 0 "$echolab" restart-check --port 0 --strategy reload --plot "$img/06-reload.svg"
 run 06-lab-compare "0|2" make --no-print-directory lab-compare LAB_PLOT="$img/06-lab-compare.svg" "$@"
 echo "tutorial: pictures in $img/, outputs in $out/"

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from echolab.proctree import children_of, descendants_of, kill_tree, process_state
-from echolab.restartcheck.timeline import Prober, Timeline
+from echolab.restartcheck.timeline import Prober, Sampler, Timeline
 from echolab.tcpstate import read_sockets
 from tests.support import ROOT, echolab_cmd, require, run_echolab, ss_time_wait, wait_until
 
@@ -353,6 +353,20 @@ def stop_pid(pid: int) -> None:
         pass
     except AssertionError:
         kill_tree(pid)
+
+
+def test_an_owner_scan_after_the_engines_reading_finds_the_listeners_process() -> None:
+    """The engine takes the reading at the restart and asks at once who holds the listeners.
+    The sampler's thread may not have taken a reading of its own by then (a loaded machine):
+    the scan must look for the listeners of the engine's reading, not of none (a reload run
+    then saw no holder before the SIGHUP and was invalid, 1 run in 30)."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        inode = os.fstat(srv.fileno()).st_ino
+        # Never started: its thread has taken no reading, as on a machine too busy to run it.
+        sampler = Sampler(Timeline(), srv.getsockname()[1], "127.0.0.1")
+        assert sampler.sample_now("restart").listeners == (inode,)
+        assert sampler.scan_owners() == {inode: (os.getpid(),)}
+        assert sampler.timeline.owners[-1][1] == {inode: (os.getpid(),)}
 
 
 def test_probes_close_with_a_reset_and_leave_no_time_wait() -> None:

@@ -166,8 +166,18 @@ class Sampler(threading.Thread):
         """Take a reading at once (the engine's marks: just before a bind, just after)."""
         with self._lock:
             sample = self.read(label)
-            self.timeline.samples.append(sample)
+            self._record(sample)
         return sample
+
+    def _record(self, sample: Sample) -> None:
+        """Keep a reading, and the listeners it saw for the next owner scan. A reading of the
+        engine's counts as much as the thread's: the thread may not have taken one yet when the
+        engine asks who holds the listeners (a loaded machine), and a scan for the listeners of
+        no reading would find nobody (reload: no holder before, an invalid run)."""
+        self.timeline.samples.append(sample)
+        if sample.listeners != self._last_listeners:
+            self._last_listeners = sample.listeners
+            self._listeners_changed.set()
 
     def scan_owners(
         self, inodes: Iterable[int] | None = None, attempts: int = 1
@@ -196,11 +206,7 @@ class Sampler(threading.Thread):
         next_at = time.monotonic()
         while not self._stop_event.is_set():
             with self._lock:
-                sample = self.read()
-                self.timeline.samples.append(sample)
-            if sample.listeners != self._last_listeners:
-                self._last_listeners = sample.listeners
-                self._listeners_changed.set()
+                self._record(self.read())
             next_at = max(next_at + SAMPLE_INTERVAL, time.monotonic())
             self._stop_event.wait(next_at - time.monotonic())
         self._listeners_changed.set()
