@@ -199,3 +199,29 @@ def test_json_has_the_schema_and_rounds_times() -> None:
     assert data["rebind_ms"] == 85.0
     assert data["probes"]["attempts"] == 40 and data["queue"]["clients"] == 0
     assert "timeline" not in r.as_json(timeline=False)
+
+
+def _experiment(result: Result, scans: list[tuple[float, tuple[int, ...]]]) -> Any:
+    """An Experiment with the owner scans of a run (time after the restart, holders of OLD)."""
+    from echolab.restartcheck.engine import Experiment
+
+    exp = Experiment(plan=Any, backend=Any, result=result)  # type: ignore[arg-type]
+    exp.timeline.t0 = 100.0
+    exp.timeline.owners = [(100.0 + t, {OLD: pids}) for t, pids in scans]
+    return exp
+
+
+def test_a_session_child_caught_holding_the_listener_is_no_takeover() -> None:
+    """Between a session child's fork() and its close of the listener, a scan sees it holding
+    the old listener; it is gone at the end: no new server took the listener over."""
+    result = stop_start(owners_before=[SERVER_A], owners_after=[], listeners_after=[])
+    child = 4242
+    exp = _experiment(result, [(0.05, (SERVER_A, child)), (0.2, (SERVER_A,)), (0.4, ())])
+    assert exp.takeover_time() is None
+
+
+def test_a_new_server_holding_the_inherited_listener_at_the_end_took_it_over() -> None:
+    """Socket activation: the holder of the socket (HOLDER) passes it to the next server."""
+    result = stop_start(owners_before=[HOLDER, SERVER_A], owners_after=[HOLDER, SERVER_B])
+    scans = [(0.05, (HOLDER, SERVER_A)), (0.3, (HOLDER,)), (0.6, (HOLDER, SERVER_B))]
+    assert _experiment(result, scans).takeover_time() == pytest.approx(100.6)

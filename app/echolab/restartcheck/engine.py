@@ -513,8 +513,14 @@ class Experiment:
     def takeover_time(self) -> float | None:
         """When a process that did not hold the listener at the start first held it."""
         first = set(self.result.owners_before)
+        # Only a process that still holds it at the end took it over: a session child of the
+        # old server holds the listener too, between its fork() and its close of it, and a scan
+        # that lands in between must not be read as a new server (a failed restart was once
+        # judged as a takeover so).
+        last = set(self.result.owners_after)
         for t, owners in list(self.timeline.owners):
-            if t >= self.timeline.t0 and {p for o in owners.values() for p in o} - first:
+            came = {p for o in owners.values() for p in o} - first
+            if t >= self.timeline.t0 and came & last:
                 return t
         return None
 
