@@ -23,7 +23,10 @@ from echolab.tcpstate import TcpSocket, plain_address, read_sockets, socket_owne
 SAMPLE_INTERVAL = 0.01  # s between two readings of the port's sockets ("every ~10 ms")
 OWNER_INTERVAL = 0.1  # s between two scans of /proc/*/fd for the listeners' processes (dearer)
 PROBE_INTERVAL = 0.005  # s between two probe connections (a steady arrival rate)
-PROBE_INFLIGHT = 256  # probes open at once at most; beyond, a tick is skipped (and counted)
+# Probes open at once at most; beyond, a tick is skipped (and counted). The probes must never
+# become the load: on a slow host (a VM under emulation forks a session in tens of ms) hundreds
+# of waiting probes kept a new server busy forking for them until its start timed out.
+PROBE_INFLIGHT = 32
 PROBE_DRAIN = 1.0  # s the probes in flight when probing stops may take to finish
 PROBE_PAYLOAD = b"echolab restart-check probe\n"
 # States counted per sample; NEW_SYN_RECV (a request socket) is counted as SYN_RECV.
