@@ -14,7 +14,10 @@ bin=$1
 target=$2
 timeout=$3
 deadline=$(($(date +%s) + timeout))
-until "$bin" probe --quiet --timeout 1 --target "$target"; do
+# Each probe may wait 5 s for its echo: behind a queue of connections a slow host serves one by
+# one (a VM under emulation forks each session in tens of ms), a 1 s probe never got through. A
+# refused connect returns at once, and a server that exited ends the wait below.
+until "$bin" probe --quiet --timeout 5 --target "$target"; do
   if [ -n "${MAINPID:-}" ] && ! kill -0 "$MAINPID" 2>/dev/null; then
     echo "wait-ready: the server exited before it served $target" >&2
     exit 1
