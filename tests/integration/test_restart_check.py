@@ -369,18 +369,29 @@ def test_an_owner_scan_after_the_engines_reading_finds_the_listeners_process() -
         assert sampler.timeline.owners[-1][1] == {inode: (os.getpid(),)}
 
 
-def test_probes_close_with_a_reset_and_leave_no_time_wait() -> None:
-    """A probe must never leave TIME_WAIT, on its side or the server's: one on the server's
-    port made a later bind without SO_REUSEADDR fail that this run's sessions did not block
-    (SO_LINGER was {1, 1}: an orderly close, not a reset)."""
-    port = free_port()
+def start_listening(port: int, *extra: str) -> subprocess.Popen[bytes]:
+    """`echolab serve` on `port` (outside restart-check), once it listens."""
     server = subprocess.Popen(
-        ["sh", "-c", f"exec {serve_command(port)}"],
+        ["sh", "-c", f"exec {serve_command(port, *extra)}"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         cwd=ROOT,
     )  # fmt: skip
     try:
         wait_until(lambda: listening(port), 10, what=f"a server on port {port}")
+    except BaseException:
+        server.kill()
+        server.wait()
+        raise
+    return server
+
+
+def test_probes_close_with_a_reset_and_leave_no_time_wait() -> None:
+    """A probe must never leave TIME_WAIT, on its side or the server's: one on the server's
+    port made a later bind without SO_REUSEADDR fail that this run's sessions did not block
+    (SO_LINGER was {1, 1}: an orderly close, not a reset)."""
+    port = free_port()
+    server = start_listening(port)
+    try:
 
         def time_wait() -> tuple[int, int]:  # (server's side, clients' side)
             return (len(read_sockets(port, "local", states=("TIME_WAIT",))),
@@ -624,13 +635,8 @@ def test_a_restart_that_never_happened_is_not_certified(tmp_path: Path) -> None:
     while the "restart" command only sleeps: the same listener served throughout, so the run
     is invalid (it used to PASS, "bound 3 ms after the old server was gone")."""
     port = free_port()
-    server = subprocess.Popen(
-        ["sh", "-c", f"exec {serve_command(port, '--idle-timeout', '1')}"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-    )  # fmt: skip
+    server = start_listening(port, "--idle-timeout", "1")
     try:
-        wait_until(lambda: listening(port), 10, what=f"a server on port {port}")
         status, data, _ = restart_check("--restart-cmd", "sleep 2", "--target", f"127.0.0.1:{port}")
         assert server.poll() is None  # the same process served throughout
     finally:
