@@ -110,8 +110,8 @@ VM_TEST_VARS = WHEELHOUSE=out/vm/ci/wheelhouse WHEEL_BUILD=out/vm/ci/wheel-src \
 
 test: venv ## Everything CI runs: lint, types, unit, integration, lab (both Composes), Molecule, the VMs
 	@$(MAKE) lint typecheck
-	$(PY) -m pytest tests/vm/test_vm_failures.py $(PYTEST_ARGS)
 	@$(MAKE) venv-infra host-tools
+	$(PY) -m pytest tests/vm/test_vm_failures.py $(PYTEST_ARGS)
 	@mkdir -p $(dir $(VM_TEST_LOG)); rc=0; \
 	echo "test: the Molecule scenario vm runs beside the other tests; its lines start with [vm] (log: $(VM_TEST_LOG))"; \
 	{ $(MAKE) --no-print-directory molecule-vm $(VM_TEST_VARS); echo "vm: exit $$?"; } 2>&1 \
