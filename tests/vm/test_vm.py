@@ -34,14 +34,18 @@ from vm import vmctl
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 STATE = ROOT / "out/vm/test-run"
-VARS = [f"VM_STATE={STATE}"]
+
+
+def run_make(state: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`make ARGS` from the repository on the set of VMs kept in `state`."""
+    return subprocess.run(
+        ["make", "--no-print-directory", *args, f"VM_STATE={state}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
 
 
 def make(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["make", "--no-print-directory", *args, *VARS],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
+    return run_make(STATE, *args, timeout=timeout)
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support import ROOT, require
-from tests.vm.test_vm import can_run_vms
+from tests.vm.test_vm import can_run_vms, run_make
 
 # isort: split
 # vm/ is a directory of scripts, first-party or not depending on how ruff is invoked.
@@ -26,14 +26,10 @@ from vm import vmctl
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 STATE = ROOT / "out/vm/test-fail"
-VARS = [f"VM_STATE={STATE}"]
 
 
 def make(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["make", "--no-print-directory", *args, *VARS],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
+    return run_make(STATE, *args, timeout=timeout)
 
 
 def tag() -> str:
@@ -67,7 +63,8 @@ def test_a_boot_that_times_out_leaves_nothing_running(no_vms: None) -> None:
 
 def test_an_interrupted_up_leaves_nothing_running(no_vms: None) -> None:
     proc = subprocess.Popen(
-        ["make", "--no-print-directory", "vm-boot", *VARS], cwd=ROOT, start_new_session=True,
+        ["make", "--no-print-directory", "vm-boot", f"VM_STATE={STATE}"],
+        cwd=ROOT, start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 300
