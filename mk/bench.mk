@@ -41,7 +41,7 @@ $(BENCH_VENV)/.installed: pyproject.toml $(wildcard app/echolab/*.py)
 
 bench-venv: $(BENCH_VENV)/.installed ## Create the benchmark's clean venv (echolab, nothing else)
 
-bench: $(BENCH_TOOLS) $(BENCH_VENV)/.installed ## Benchmark echolab serve against its peers (5-9 min; results in bench/results/)
+bench: $(BENCH_TOOLS) $(BENCH_VENV)/.installed ## Benchmark echolab serve against its peers (3.5-9 min; results in bench/results/)
 	$(BENCH_RUN) --connections $(BENCH_CONNECTIONS) --inflight '$(BENCH_INFLIGHT)' \
 		--streams '$(BENCH_STREAMS)' --stream-seconds $(BENCH_STREAM_SECONDS) \
 		--idle-clients $(BENCH_IDLE_CLIENTS) --repeats $(BENCH_REPEATS) $(BENCH_ARGS)
