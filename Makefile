@@ -92,7 +92,7 @@ typecheck: venv ## Type-check app/ with mypy --strict
 
 check: lint typecheck ## Lint and type-check only
 
-test-unit: venv ## Unit tests (no network beyond loopback)
+test-unit: venv-infra ## Unit tests (no network beyond loopback; one reads vmctl's inventory with ansible-inventory)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: venv ## Integration tests: real servers and clients on loopback

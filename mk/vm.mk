@@ -109,7 +109,7 @@ molecule-vm: venv-infra collection-install ## The Molecule scenario vm: boot, si
 	@start=$$(date +%s); $(MOLECULE) test -s vm $(MOLECULE_ARGS); \
 	echo "molecule: scenario vm passed in $$(( $$(date +%s) - start )) s"
 
-test-vm: venv ## VM tests of vmctl itself: boot two VMs, check them over SSH, failed boots, tear down (slow)
+test-vm: venv-infra ## VM tests of vmctl itself: boot two VMs, check them over SSH, failed boots, tear down (slow)
 	$(PY) -m pytest tests/vm $(PYTEST_ARGS)
 
 lint-extra:: venv
