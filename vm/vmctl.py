@@ -298,10 +298,18 @@ def end_processes(pids: Sequence[int], grace: float = 10.0) -> None:
 def gone(pid: int) -> bool:
     """Whether the process has exited: reaped here when it is our child (qemu started by this
     `up`), else no longer in /proc or a zombie its own parent has yet to collect."""
-    with contextlib.suppress(ChildProcessError):
+    try:
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return True
-    return is_zombie(pid)
+    except ChildProcessError:
+        return is_zombie(pid)  # not ours: its parent reaps it
+    if not is_zombie(pid):
+        return False
+    # Ours, and it exited between waitpid() and the read of /proc: reap it now (a zombie's
+    # waitpid returns at once), or it would stay behind as one.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    return True
 
 
 def is_zombie(pid: int) -> bool:
